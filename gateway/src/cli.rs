@@ -1,0 +1,366 @@
+//! The `edgegate` command line. `main.rs` only calls [`main`].
+
+use crate::state::{machine_defaults, ConfigSource, Shared};
+use clap::{Args, Parser, Subcommand};
+use policies::raw::{HealthCheckConfig, ListenerConfig, RawConfig, RouteConfig, UpstreamConfig};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The embedded default config of `edgegate demo`.
+pub const DEMO_CONFIG: &str = include_str!("../../policies/examples/demo.toml");
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "edgegate",
+    version,
+    about = "Edge gateway: a Pingora reverse proxy for anycast PoPs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args, Debug, Default)]
+struct RunArgs {
+    /// Run from this TOML config file.
+    #[arg(long, short = 'c', conflicts_with_all = ["upstream", "listen"])]
+    config: Option<PathBuf>,
+    /// Drop-in mode: proxy everything to this backend (`http://host:port`);
+    /// repeat for round-robin with health checks.
+    #[arg(long, value_name = "URL")]
+    upstream: Vec<String>,
+    /// Drop-in mode: public listener address (repeatable). Default `0.0.0.0:8080`.
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<String>,
+    /// Drop-in mode: admin listener address.
+    #[arg(long, value_name = "ADDR", default_value = policies::DEFAULT_ADMIN)]
+    admin: String,
+    /// Drop-in mode: PoP name (default: host name).
+    #[arg(long)]
+    pop: Option<String>,
+    /// Drop-in mode: worker threads (default: CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Drop-in mode: HTTP health-check path for the backends (default: TCP connect checks).
+    #[arg(long, value_name = "PATH")]
+    health_path: Option<String>,
+    /// Drop-in mode: log format, `text` or `json`.
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// Drop-in mode: how long readyz fails before shutdown on SIGTERM or drain (e.g. `10s`).
+    #[arg(long, value_name = "DURATION")]
+    drain_window: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate a config file; exit 0 when valid, else print file:line:column and the key.
+    Check {
+        /// The config file.
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+    },
+    /// Run a built-in demo origin and edgegate in front of it, from the embedded default config.
+    Demo {
+        /// Public listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Admin listener.
+        #[arg(long, default_value = policies::DEFAULT_ADMIN)]
+        admin: String,
+        /// Where the demo origin listens.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        origin: String,
+    },
+    /// Make a self-signed development certificate (never for production).
+    DevCert {
+        /// Output directory.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// DNS names (first one names the files).
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// `host:port` from `http://host:port[/]`, `https://...` or bare `host:port`.
+fn parse_upstream(url: &str) -> Result<(String, Option<String>), String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else if url.contains("://") {
+        return Err(format!(
+            "`{url}`: only http:// and https:// upstreams are supported"
+        ));
+    } else {
+        (false, url)
+    };
+    let authority = rest.trim_end_matches('/');
+    if authority.contains('/') {
+        return Err(format!(
+            "`{url}`: an upstream is scheme://host:port, without a path"
+        ));
+    }
+    let authority = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:{}", if tls { 443 } else { 80 })
+    };
+    let sni = tls.then(|| {
+        authority
+            .rsplit_once(':')
+            .map_or(authority.clone(), |(h, _)| h.to_string())
+    });
+    Ok((authority, sni))
+}
+
+/// The config of drop-in mode, built from flags and validated like a file.
+fn drop_in_config(args: &RunArgs) -> Result<RawConfig, String> {
+    if args.upstream.is_empty() {
+        return Err("give --config FILE, or --upstream URL for drop-in mode (see --help)".into());
+    }
+    let mut backends = Vec::new();
+    let mut sni = None;
+    for u in &args.upstream {
+        let (addr, s) = parse_upstream(u)?;
+        if s.is_some() {
+            sni = s;
+        }
+        backends.push(addr);
+    }
+    let listens = if args.listen.is_empty() {
+        vec!["0.0.0.0:8080".to_string()]
+    } else {
+        args.listen.clone()
+    };
+    let mut raw = RawConfig::default();
+    raw.pop.name = args.pop.clone();
+    raw.server.threads = args.threads;
+    raw.server.drain_window = args.drain_window.clone();
+    raw.log.format = args.log_format.clone();
+    raw.admin.listen = Some(args.admin.clone());
+    raw.listeners = listens
+        .into_iter()
+        .map(|l| ListenerConfig {
+            name: None,
+            listen: l,
+            tls: None,
+        })
+        .collect();
+    raw.upstreams.insert(
+        "default".into(),
+        UpstreamConfig {
+            backends,
+            tls_sni: sni,
+            health_check: Some(match &args.health_path {
+                Some(p) => HealthCheckConfig {
+                    path: Some(p.clone()),
+                    ..Default::default()
+                },
+                None => HealthCheckConfig {
+                    kind: Some("tcp".into()),
+                    ..Default::default()
+                },
+            }),
+            ..Default::default()
+        },
+    );
+    raw.routes = vec![RouteConfig {
+        name: "default".into(),
+        upstream: "default".into(),
+        ..Default::default()
+    }];
+    Ok(raw)
+}
+
+fn demo_config(listen: &str, admin: &str, origin: &str) -> Result<RawConfig, String> {
+    let mut raw = policies::parse_raw(DEMO_CONFIG, std::path::Path::new("<embedded demo.toml>"))
+        .map_err(|e| e.to_string())?;
+    if let Some(l) = raw.listeners.first_mut() {
+        l.listen = listen.to_string();
+    }
+    raw.admin.listen = Some(admin.to_string());
+    for up in raw.upstreams.values_mut() {
+        up.backends = vec![origin.to_string()];
+    }
+    Ok(raw)
+}
+
+/// Sets up `tracing` for the config's format and level.
+pub fn init_logging(log: &policies::Log) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    let result = match log.format {
+        policies::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        policies::LogFormat::Text => builder.try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("logging already set up: {e}");
+    }
+}
+
+fn serve(source: ConfigSource) -> ExitCode {
+    let shared = match Shared::load(source, machine_defaults()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("edgegate: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&shared.current().config.log);
+    match crate::server::run(
+        shared,
+        crate::server::RunOptions {
+            handle_signals: true,
+            stop: None,
+        },
+    ) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgegate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { config }) => {
+            match policies::load_file(&config, &machine_defaults()) {
+                Ok(c) => {
+                    println!(
+                        "{}: ok ({} listeners, {} upstream groups, {} routes)",
+                        config.display(),
+                        c.listeners.len(),
+                        c.upstreams.len(),
+                        c.routes.routes().len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some(Command::Demo {
+            listen,
+            admin,
+            origin,
+        }) => {
+            let raw = match demo_config(&listen, &admin, &origin) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("edgegate: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Err(e) = crate::demo::spawn_origin(&origin) {
+                eprintln!("edgegate: cannot start the demo origin on {origin}: {e}");
+                return ExitCode::FAILURE;
+            }
+            println!(
+                "demo origin on http://{origin}\nedgegate on http://{listen}  (try: curl -i http://{listen}/)\nadmin on http://{admin}  (try: curl http://{admin}/readyz, /status, /metrics)"
+            );
+            serve(ConfigSource::Inline {
+                raw: Box::new(raw),
+                origin: "<embedded demo.toml>".into(),
+            })
+        }
+        Some(Command::DevCert { out, names }) => {
+            match crate::tls::write_dev_certificate(&out, &names) {
+                Ok((cert, key)) => {
+                    println!(
+                        "certificate: {}\nkey:         {}",
+                        cert.display(),
+                        key.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("edgegate: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        None => {
+            let source = match &cli.run.config {
+                Some(path) => ConfigSource::File(path.clone()),
+                None => match drop_in_config(&cli.run) {
+                    Ok(raw) => ConfigSource::Inline {
+                        raw: Box::new(raw),
+                        origin: "<command line>".into(),
+                    },
+                    Err(e) => {
+                        eprintln!("edgegate: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            serve(source)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls() {
+        assert_eq!(
+            parse_upstream("http://127.0.0.1:9000"),
+            Ok(("127.0.0.1:9000".into(), None))
+        );
+        assert_eq!(
+            parse_upstream("127.0.0.1:9000/"),
+            Ok(("127.0.0.1:9000".into(), None))
+        );
+        assert_eq!(
+            parse_upstream("https://origin.test"),
+            Ok(("origin.test:443".into(), Some("origin.test".into())))
+        );
+        assert!(parse_upstream("ftp://x").is_err());
+        assert!(parse_upstream("http://x:1/path").is_err());
+    }
+
+    #[test]
+    fn drop_in_is_a_valid_config() {
+        let args = RunArgs {
+            upstream: vec![
+                "http://127.0.0.1:9000".into(),
+                "http://127.0.0.1:9001".into(),
+            ],
+            listen: vec!["127.0.0.1:8080".into()],
+            admin: "127.0.0.1:9901".into(),
+            ..Default::default()
+        };
+        let raw = drop_in_config(&args).unwrap();
+        let c = policies::from_raw(&raw, "<command line>", &machine_defaults()).unwrap();
+        assert_eq!(c.upstreams["default"].backends.len(), 2);
+        assert_eq!(c.routes.find("anything", "/x"), Some(0));
+    }
+
+    #[test]
+    fn demo_config_is_valid() {
+        let raw = demo_config("127.0.0.1:8080", "127.0.0.1:9901", "127.0.0.1:9000").unwrap();
+        policies::from_raw(&raw, "demo", &machine_defaults()).unwrap();
+    }
+}

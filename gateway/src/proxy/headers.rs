@@ -1,0 +1,272 @@
+//! Request checks and forwarding headers.
+
+use super::errors::Refusal;
+use http::header::{HeaderMap, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, VIA};
+use http::Version;
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+use policies::{Route, RouteId, RouteTable};
+use std::net::IpAddr;
+
+/// The client's request id when it is sane, else a fresh UUID.
+pub fn request_id(req: &RequestHeader, header: &str) -> String {
+    if let Some(v) = req.headers.get(header) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 200 && b.iter().all(|c| c.is_ascii_graphic()) {
+            // Checked graphic ASCII above.
+            return String::from_utf8_lossy(b).into_owned();
+        }
+    }
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Whether raw HTTP/1 header bytes hold a `Content-Length` line. Pingora
+/// drops `Content-Length` when `Transfer-Encoding` is present (RFC 9112
+/// allows that), but a message carrying both is the classic smuggling vector
+/// and is refused outright, so we look at what the client really sent.
+fn raw_has_content_length(raw: &[u8]) -> bool {
+    raw.split(|b| *b == b'\n').skip(1).any(|line| {
+        let line = line.strip_prefix(b" ").unwrap_or(line);
+        line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:")
+    })
+}
+
+/// Whether the path holds `.` or `..` segments (raw or percent-encoded):
+/// routes match on the raw path while origins normalise it, so
+/// `/public/../admin` could slip past a route boundary.
+fn has_dot_segments(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let s = seg.to_ascii_lowercase();
+        matches!(s.as_str(), "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e.")
+    })
+}
+
+/// Framing, host and path checks, then the route match.
+pub fn check_request(session: &Session, routes: &RouteTable) -> Result<RouteId, Refusal> {
+    let req = session.req_header();
+    if let Some(h1) = session.as_downstream().as_http1() {
+        if req.headers.contains_key(TRANSFER_ENCODING)
+            && raw_has_content_length(&h1.get_headers_raw_bytes())
+        {
+            return Err(Refusal::BadFraming);
+        }
+    }
+    // Duplicate Content-Length values that differ (Pingora rejects these too,
+    // this keeps the rule true whatever the codec).
+    let mut lengths = req.headers.get_all(CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next() {
+        if lengths.any(|v| v != first) || first.as_bytes().contains(&b',') {
+            return Err(Refusal::BadFraming);
+        }
+    }
+    let host = req
+        .uri
+        .host()
+        .or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok()));
+    let Some(host) = host else {
+        return Err(Refusal::BadRequest);
+    };
+    let path = req.uri.path();
+    if !path.starts_with('/')
+        && req.method != http::Method::OPTIONS
+        && req.method != http::Method::CONNECT
+    {
+        return Err(Refusal::BadRequest);
+    }
+    if has_dot_segments(path) {
+        return Err(Refusal::BadRequest);
+    }
+    routes.find(host, path).ok_or(Refusal::NoRoute)
+}
+
+/// The route's header and declared body limits.
+pub fn check_limits(session: &Session, route: &Route) -> Result<(), Refusal> {
+    let req = session.req_header();
+    let header_bytes = match session.as_downstream().as_http1() {
+        Some(h1) => h1.get_headers_raw_bytes().len(),
+        None => {
+            req.uri.to_string().len()
+                + req
+                    .headers
+                    .iter()
+                    .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                    .sum::<usize>()
+        }
+    };
+    if header_bytes > route.limits.max_header_bytes {
+        return Err(Refusal::HeadersTooLarge);
+    }
+    if let Some(len) = req.headers.get(CONTENT_LENGTH) {
+        let declared: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or(Refusal::BadFraming)?;
+        if declared > route.limits.max_body_bytes {
+            return Err(Refusal::BodyTooLarge);
+        }
+    }
+    Ok(())
+}
+
+/// `Via` value for a hop of `version` through `pop`.
+fn via_value(version: Version, pop: &str) -> String {
+    let proto = match version {
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        Version::HTTP_10 => "1.0",
+        _ => "1.1",
+    };
+    format!("{proto} {pop}")
+}
+
+/// `Via` with this hop appended to what `headers` already carry.
+pub fn via_appended(headers: &HeaderMap, version: Version, pop: &str) -> String {
+    let hop = via_value(version, pop);
+    match headers.get(VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {hop}"),
+        _ => hop,
+    }
+}
+
+/// RFC 7239 `for=` node: IPv6 in quotes and brackets.
+fn forwarded_node(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    }
+}
+
+/// An RFC 7230 token stays bare; anything else is quoted.
+fn forwarded_value(v: &str) -> String {
+    let token = !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if token {
+        v.to_string()
+    } else {
+        format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+}
+
+/// `X-Forwarded-For`, `X-Forwarded-Proto`, `Forwarded`, `Via` and the request id
+/// on the request sent upstream.
+pub fn forward(
+    req: &mut RequestHeader,
+    client: Option<IpAddr>,
+    tls: bool,
+    pop: &str,
+    request_id_header: &str,
+    request_id: &str,
+) -> Result<()> {
+    let proto = if tls { "https" } else { "http" };
+    if let Some(ip) = client {
+        let ip_s = ip.to_string();
+        let xff = match req
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip_s}"),
+            _ => ip_s,
+        };
+        req.insert_header("x-forwarded-for", xff)?;
+    }
+    req.insert_header("x-forwarded-proto", proto)?;
+
+    let mut fwd = String::new();
+    if let Some(ip) = client {
+        fwd.push_str("for=");
+        fwd.push_str(&forwarded_node(ip));
+        fwd.push(';');
+    }
+    if let Some(host) = req
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+    {
+        fwd.push_str("host=");
+        fwd.push_str(&forwarded_value(&host));
+        fwd.push(';');
+    }
+    fwd.push_str("proto=");
+    fwd.push_str(proto);
+    let forwarded = match req.headers.get("forwarded").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {fwd}"),
+        _ => fwd,
+    };
+    req.insert_header("forwarded", forwarded)?;
+    let via = via_appended(&req.headers, req.version, pop);
+    req.insert_header(VIA, via)?;
+    req.insert_header(request_id_header.to_string(), request_id)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_content_length_detection() {
+        assert!(raw_has_content_length(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
+        assert!(raw_has_content_length(
+            b"POST / HTTP/1.1\r\ncontent-length:5\r\n\r\n"
+        ));
+        assert!(!raw_has_content_length(
+            b"POST / HTTP/1.1\r\nX-Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn dot_segments() {
+        assert!(has_dot_segments("/public/../admin"));
+        assert!(has_dot_segments("/a/%2E%2E/b"));
+        assert!(has_dot_segments("/./x"));
+        assert!(!has_dot_segments("/a/..b/c"));
+        assert!(!has_dot_segments("/file.txt"));
+    }
+
+    #[test]
+    fn forwarded_headers_append() {
+        let mut req = RequestHeader::build("GET", b"/x", None).unwrap();
+        req.insert_header("host", "example.com:8080").unwrap();
+        req.insert_header("x-forwarded-for", "203.0.113.9").unwrap();
+        req.insert_header("forwarded", "for=203.0.113.9").unwrap();
+        forward(
+            &mut req,
+            Some("2001:db8::1".parse().unwrap()),
+            true,
+            "fra1",
+            "x-request-id",
+            "abc",
+        )
+        .unwrap();
+        assert_eq!(req.headers["x-forwarded-for"], "203.0.113.9, 2001:db8::1");
+        assert_eq!(req.headers["x-forwarded-proto"], "https");
+        assert_eq!(
+            req.headers["forwarded"],
+            "for=203.0.113.9, for=\"[2001:db8::1]\";host=\"example.com:8080\";proto=https"
+        );
+        assert_eq!(req.headers["via"], "1.1 fra1");
+        assert_eq!(req.headers["x-request-id"], "abc");
+    }
+
+    #[test]
+    fn request_id_kept_or_generated() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        assert_eq!(request_id(&req, "x-request-id").len(), 36);
+        req.insert_header("x-request-id", "client-id-1").unwrap();
+        assert_eq!(request_id(&req, "x-request-id"), "client-id-1");
+        req.insert_header("x-request-id", "has space").unwrap();
+        assert_ne!(request_id(&req, "x-request-id"), "has space");
+    }
+}

@@ -1,0 +1,411 @@
+//! The Pingora proxy: edgegate's request path.
+//!
+//! Each request pins the config [`Generation`] current when it started, so a
+//! reload never changes routes or backends under a request in flight. The
+//! phases, in Pingora's order:
+//!
+//! 1. `request_filter`: framing checks (request smuggling), route match,
+//!    header and body limits, request id. Anything refused here is answered
+//!    by [`respond`] and never reaches an upstream.
+//! 2. `upstream_peer`: pick a backend not tried yet; `fail_to_connect`
+//!    ejects it passively and fails over; `error_while_proxy` retries
+//!    idempotent requests on another backend.
+//! 3. `upstream_request_filter` / `response_filter`: forwarding headers.
+//! 4. `fail_to_proxy`: the one place that maps an error to what the client
+//!    sees ([`errors::client_status`]).
+//! 5. `logging`: metrics and the access log.
+
+pub mod errors;
+mod headers;
+
+use crate::state::{Generation, Shared};
+use async_trait::async_trait;
+use bytes::Bytes;
+use errors::{client_status, Refusal};
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Per-request state (Pingora's `CTX`).
+pub struct RequestCtx {
+    generation: Arc<Generation>,
+    started: Instant,
+    route: Option<policies::RouteId>,
+    request_id: String,
+    /// Backend indices already tried.
+    tried: Vec<usize>,
+    backend: Option<usize>,
+    attempts: u32,
+    body_bytes: u64,
+    refusal: Option<Refusal>,
+}
+
+impl RequestCtx {
+    fn route(&self) -> Option<&policies::Route> {
+        self.route
+            .and_then(|id| self.generation.config.routes.get(id))
+    }
+}
+
+/// edgegate's [`ProxyHttp`] implementation.
+pub struct EdgeProxy {
+    shared: Arc<Shared>,
+}
+
+impl EdgeProxy {
+    /// A proxy serving whatever generation `shared` holds.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+/// Writes a short plain-text response and ends the exchange.
+pub(crate) async fn respond(
+    session: &mut Session,
+    status: u16,
+    body: &str,
+    request_id: &str,
+    request_id_header: &str,
+    close: bool,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    if !request_id.is_empty() {
+        resp.insert_header(request_id_header.to_string(), request_id)?;
+    }
+    if close {
+        session.set_keepalive(None);
+        resp.insert_header(http::header::CONNECTION, "close")?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::copy_from_slice(body.as_bytes())), true)
+        .await?;
+    Ok(())
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        self.shared.metrics.in_flight.inc();
+        RequestCtx {
+            generation: self.shared.current(),
+            started: Instant::now(),
+            route: None,
+            request_id: String::new(),
+            tried: Vec::new(),
+            backend: None,
+            attempts: 0,
+            body_bytes: 0,
+            refusal: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let id_header = ctx.generation.config.server.request_id_header.clone();
+        ctx.request_id = headers::request_id(session.req_header(), &id_header);
+
+        let refusal =
+            headers::check_request(session, &ctx.generation.config.routes).and_then(|route_id| {
+                ctx.route = Some(route_id);
+                let route = ctx
+                    .generation
+                    .config
+                    .routes
+                    .get(route_id)
+                    .ok_or(Refusal::NoRoute)?;
+                headers::check_limits(session, route)
+            });
+        if let Err(refusal) = refusal {
+            let (status, body) = refusal.response();
+            ctx.refusal = Some(refusal);
+            respond(
+                session,
+                status,
+                body,
+                &ctx.request_id,
+                &id_header,
+                refusal.closes_connection(),
+            )
+            .await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            if let Some(route) = ctx.route() {
+                if ctx.body_bytes > route.limits.max_body_bytes {
+                    ctx.refusal = Some(Refusal::BodyTooLarge);
+                    return Error::e_explain(
+                        HTTPStatus(413),
+                        "request body over the route's limit",
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        let route_id = ctx
+            .route
+            .ok_or_else(|| Error::explain(InternalError, "no route matched"))?;
+        let group = Arc::clone(&ctx.generation.route_upstreams[route_id]);
+        let Some(i) = group.select(&ctx.tried) else {
+            return Error::e_explain(
+                ConnectNoRoute,
+                "every backend of the upstream group was tried",
+            );
+        };
+        ctx.tried.push(i);
+        ctx.backend = Some(i);
+        ctx.attempts += 1;
+        let mut peer = group.peer(i);
+        if let Some(route) = ctx.route() {
+            peer.options.connection_timeout = Some(route.timeouts.connect);
+            peer.options.total_connection_timeout = Some(route.timeouts.connect);
+            peer.options.read_timeout = Some(route.timeouts.read);
+            peer.options.write_timeout = Some(route.timeouts.write);
+        }
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let (Some(route_id), Some(i)) = (ctx.route, ctx.backend) else {
+            return e;
+        };
+        let group = &ctx.generation.route_upstreams[route_id];
+        group.report_connect_failure(i);
+        self.shared
+            .metrics
+            .upstream_errors
+            .with_label_values(&[
+                group.config.name.as_str(),
+                group.backends()[i].label.as_str(),
+                "connect",
+            ])
+            .inc();
+        // Nothing reached the backend: failing over is safe for any method.
+        let budget = ctx.route().map_or(0, |r| r.retries).max(1) as usize;
+        if ctx.tried.len() < group.backends().len() && ctx.tried.len() <= budget {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Self::CTX,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        if let (Some(route_id), Some(i)) = (ctx.route, ctx.backend) {
+            let group = &ctx.generation.route_upstreams[route_id];
+            self.shared
+                .metrics
+                .upstream_errors
+                .with_label_values(&[
+                    group.config.name.as_str(),
+                    group.backends()[i].label.as_str(),
+                    "proxy",
+                ])
+                .inc();
+        }
+        let retries = ctx.route().map_or(0, |r| r.retries);
+        let idempotent = session.req_header().method.is_idempotent();
+        if !idempotent || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else if ctx.attempts <= retries && session.response_written().is_none() {
+            // Idempotent and nothing sent to the client yet: another backend may do.
+            e.set_retry(true);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let (Some(route_id), Some(i)) = (ctx.route, ctx.backend) {
+            ctx.generation.route_upstreams[route_id].report_connect_success(i);
+        }
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut pingora::http::RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let config = &ctx.generation.config;
+        headers::forward(
+            upstream_request,
+            client_ip(session),
+            is_tls(session),
+            &config.pop_name,
+            &config.server.request_id_header,
+            &ctx.request_id,
+        )?;
+        if let (Some(route), Some(route_id), Some(i)) = (ctx.route(), ctx.route, ctx.backend) {
+            if !route.preserve_host {
+                let backend = &ctx.generation.route_upstreams[route_id].backends()[i];
+                upstream_request.insert_header(http::header::HOST, backend.label.as_str())?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let config = &ctx.generation.config;
+        let via = headers::via_appended(
+            &resp.headers,
+            session.req_header().version,
+            &config.pop_name,
+        );
+        resp.insert_header(http::header::VIA, via)?;
+        resp.insert_header(
+            config.server.request_id_header.clone(),
+            ctx.request_id.as_str(),
+        )?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
+        let (status, body) = client_status(e, ctx.refusal);
+        if status > 0 && session.response_written().is_none() {
+            let id_header = ctx.generation.config.server.request_id_header.clone();
+            if let Err(write_err) =
+                respond(session, status, body, &ctx.request_id, &id_header, true).await
+            {
+                tracing::debug!(error = %write_err, "cannot send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        let metrics = &self.shared.metrics;
+        metrics.in_flight.dec();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route_name = ctx.route().map_or("-", |r| r.name.as_str());
+        let elapsed = ctx.started.elapsed();
+        metrics
+            .requests
+            .with_label_values(&[route_name, status_label(status)])
+            .inc();
+        metrics
+            .duration
+            .with_label_values(&[route_name])
+            .observe(elapsed.as_secs_f64());
+        if ctx.generation.config.log.access_log {
+            let upstream = match (ctx.route, ctx.backend) {
+                (Some(r), Some(i)) => ctx.generation.route_upstreams[r].backends()[i]
+                    .label
+                    .as_str(),
+                _ => "-",
+            };
+            let req = session.req_header();
+            tracing::info!(
+                target: "edgegate::access",
+                client = %client_ip(session).map_or_else(|| "-".to_string(), |ip| ip.to_string()),
+                method = %req.method,
+                host = %req.uri.host().or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("-"),
+                path = %req.uri.path(),
+                route = route_name,
+                upstream,
+                status,
+                bytes = session.body_bytes_sent(),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                attempts = ctx.attempts,
+                request_id = %ctx.request_id,
+                error = e.map(|e| e.etype().as_str()).unwrap_or(""),
+            );
+        }
+    }
+}
+
+fn status_label(status: u16) -> &'static str {
+    // Pre-rendered so the hot path allocates no label strings.
+    const LABELS: [&str; 6] = ["0", "1xx", "2xx", "3xx", "4xx", "5xx"];
+    match status {
+        200 => "200",
+        204 => "204",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        413 => "413",
+        429 => "429",
+        431 => "431",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        s => LABELS[(s / 100).min(5) as usize],
+    }
+}

@@ -1,0 +1,310 @@
+//! The real binary: `check`, drop-in mode, signals (SIGHUP reload, SIGTERM
+//! drain then exit), JSON access log. Signals are process-wide, so these run
+//! edgegate as a child process.
+
+use crate::harness::*;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_edgegate");
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+struct Proc {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let lines = stdout.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        Proc { child, stdout }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY-free: libc::kill through std is not available; use the `kill` command.
+        let name = match sig {
+            libc::SIGHUP => "HUP",
+            libc::SIGTERM => "TERM",
+            _ => "INT",
+        };
+        Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+    }
+
+    fn output(&self) -> String {
+        self.stdout.lock().unwrap().join("\n")
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_up(admin: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(r) = client().get(format!("http://{admin}/readyz")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("edgegate at {admin} never became ready");
+}
+
+#[test]
+fn check_accepts_every_example_and_names_file_line_key_on_errors() {
+    for entry in std::fs::read_dir(repo().join("policies/examples")).unwrap() {
+        let path = entry.unwrap().path();
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[listeners]]\nlisten = \"0.0.0.0:8080\"\ntimeout = 3\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:3:1: `listeners[0].timeout`: unknown field `timeout`"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_in_round_robin_json_access_log_and_sigterm_drain() {
+    let (a, b) = (Origin::start("a").await, Origin::start("b").await);
+    let (listen, admin) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let mut p = Proc::spawn(&[
+        "--upstream",
+        &format!("http://{}", a.addr),
+        "--upstream",
+        &format!("http://{}", b.addr),
+        "--listen",
+        &listen,
+        "--admin",
+        &admin,
+        "--pop",
+        "dropin",
+        "--threads",
+        "2",
+        "--log-format",
+        "json",
+        "--drain-window",
+        "1500ms",
+    ]);
+    wait_up(&admin).await;
+    for _ in 0..4 {
+        let r = client()
+            .get(format!("http://{listen}/x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(
+        (a.hits(), b.hits()),
+        (2, 2),
+        "round robin over both upstreams"
+    );
+
+    // JSON access log line with route, upstream, status, bytes, duration.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let out = p.output();
+        if let Some(l) = out
+            .lines()
+            .find(|l| l.contains("\"target\":\"edgegate::access\""))
+        {
+            break l.to_string();
+        }
+        assert!(Instant::now() < deadline, "no access log line in:\n{out}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["route"], "default");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["path"], "/x");
+    assert!(entry["bytes"].as_u64().unwrap() > 0);
+    assert!(entry["duration_ms"].is_number());
+    assert!(entry["upstream"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+
+    // SIGTERM: readyz fails at once, traffic still served, then a clean exit.
+    p.signal(libc::SIGTERM);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(1);
+    loop {
+        let r = client()
+            .get(format!("http://{admin}/readyz"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 503 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readyz did not fail promptly after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        client()
+            .get(format!("http://{listen}/y"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let s = p.wait_exit(Duration::from_secs(20));
+        (s, p)
+    })
+    .await
+    .unwrap();
+    let (exit, p) = status;
+    let exit = exit.unwrap_or_else(|| {
+        panic!(
+            "edgegate did not exit after the drain window:\n{}",
+            p.output()
+        )
+    });
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "exited before the drain window"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_a_good_config_and_rejects_a_bad_one() {
+    let (a, b) = (Origin::start("a").await, Origin::start("b").await);
+    let (listen, admin) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edgegate.toml");
+    let config = |backend: std::net::SocketAddr| {
+        simple_config(&[backend], "")
+            .replace("{listen}", &listen)
+            .replace("{admin}", &admin)
+    };
+    std::fs::write(&path, config(a.addr)).unwrap();
+    let p = Proc::spawn(&["--config", path.to_str().unwrap()]);
+    wait_up(&admin).await;
+    let url = format!("http://{listen}/");
+    assert_eq!(
+        client().get(&url).send().await.unwrap().headers()["x-origin"],
+        "a"
+    );
+
+    std::fs::write(&path, config(b.addr)).unwrap();
+    p.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client().get(&url).send().await.unwrap().headers()["x-origin"] != "b" {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not apply the new config:\n{}",
+            p.output()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    std::fs::write(
+        &path,
+        config(a.addr).replace("[[routes]]", "[[routes]]\nupstream_typo = 1"),
+    )
+    .unwrap();
+    p.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !p.output().contains("config reload rejected") {
+        assert!(
+            Instant::now() < deadline,
+            "no rejection logged:\n{}",
+            p.output()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(p.output().contains("upstream_typo"));
+    assert_eq!(
+        client().get(&url).send().await.unwrap().headers()["x-origin"],
+        "b",
+        "previous config keeps serving"
+    );
+    let status: serde_json::Value = client()
+        .get(format!("http://{admin}/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["config_generation"], 2);
+}

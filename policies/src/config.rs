@@ -1,0 +1,190 @@
+//! The validated configuration: what the gateway runs from.
+//!
+//! These types are built only by [`crate::validate`]; they hold parsed
+//! addresses, durations and sizes, non-zero thresholds and a compiled
+//! [`RouteTable`], so the gateway never re-checks a value at request time.
+
+use crate::route::RouteTable;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole, valid configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Name of this PoP (in `Via`, `/status`, metrics).
+    pub pop_name: String,
+    /// Process-wide settings.
+    pub server: Server,
+    /// Logging.
+    pub log: Log,
+    /// The admin listener.
+    pub admin: Admin,
+    /// Public listeners, in file order.
+    pub listeners: Vec<Listener>,
+    /// Upstream groups by name.
+    pub upstreams: BTreeMap<String, Upstream>,
+    /// Routes, compiled for matching.
+    pub routes: RouteTable,
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    /// Proxy worker threads.
+    pub threads: NonZeroUsize,
+    /// Time `/readyz` reports draining while traffic is still served.
+    pub drain_window: Duration,
+    /// Time in-flight requests get once listeners close.
+    pub shutdown_timeout: Duration,
+    /// Lower-case request-id header name.
+    pub request_id_header: String,
+    /// Accept h2c (prior knowledge) on plain listeners.
+    pub h2c: bool,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Log {
+    /// Line format.
+    pub format: LogFormat,
+    /// Whether each request is logged.
+    pub access_log: bool,
+    /// `tracing` filter directive.
+    pub level: String,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    /// Where it binds; never one of the public listeners' addresses.
+    pub listen: SocketAddr,
+}
+
+/// A public listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    /// Name for logs.
+    pub name: String,
+    /// Bound address.
+    pub listen: SocketAddr,
+    /// TLS settings; `None` for plain HTTP.
+    pub tls: Option<Tls>,
+}
+
+/// TLS settings of a listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    /// Certificates, at least one; exactly one is the default.
+    pub certificates: Vec<Certificate>,
+    /// Offer h2 through ALPN.
+    pub h2: bool,
+}
+
+/// One certificate chain and key on disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Certificate {
+    /// PEM chain.
+    pub cert: PathBuf,
+    /// PEM key.
+    pub key: PathBuf,
+    /// Served when SNI is absent or unknown.
+    pub default: bool,
+}
+
+/// How a group picks a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadBalancing {
+    /// In turn.
+    RoundRobin,
+    /// Uniformly at random.
+    Random,
+}
+
+/// An upstream group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    /// Group name.
+    pub name: String,
+    /// `host:port` of each backend, at least one, no duplicates.
+    pub backends: Vec<String>,
+    /// Selection policy.
+    pub load_balancing: LoadBalancing,
+    /// TLS to backends with this SNI.
+    pub tls_sni: Option<String>,
+    /// Active health check.
+    pub health_check: Option<HealthCheck>,
+    /// Passive ejection on connect errors.
+    pub passive: PassiveHealth,
+    /// Idle pooled connection lifetime.
+    pub keepalive_timeout: Duration,
+}
+
+/// What an active health check does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    /// `GET path` with `Host: host`; a 2xx or 3xx answer passes.
+    Http {
+        /// Request path.
+        path: String,
+        /// Host header.
+        host: String,
+    },
+    /// A TCP connect passes.
+    Tcp,
+}
+
+/// An active health check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    /// What is checked.
+    pub kind: HealthCheckKind,
+    /// Between checks.
+    pub interval: Duration,
+    /// Passes in a row to mark up.
+    pub healthy_threshold: NonZeroUsize,
+    /// Failures in a row to mark down.
+    pub unhealthy_threshold: NonZeroUsize,
+    /// One check's timeout.
+    pub timeout: Duration,
+}
+
+/// Passive health: eject backends that refuse connections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassiveHealth {
+    /// Connect errors in a row that eject.
+    pub consecutive_failures: NonZeroU32,
+    /// How long an ejected backend is skipped.
+    pub eject_for: Duration,
+}
+
+/// Per-route upstream timeouts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeouts {
+    /// Connect (TCP + TLS).
+    pub connect: Duration,
+    /// Each read, including waiting for the response head.
+    pub read: Duration,
+    /// Each write.
+    pub write: Duration,
+}
+
+/// Per-route request size limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Request line plus headers, bytes (431 beyond).
+    pub max_header_bytes: usize,
+    /// Request body, bytes (413 beyond).
+    pub max_body_bytes: u64,
+}

@@ -1,0 +1,214 @@
+//! The configuration as an operator writes it: serde types that mirror the
+//! TOML file one to one.
+//!
+//! Every struct denies unknown keys (Pingora silently ignores them, which
+//! hides typos such as `helth_check` until the day it matters). Values stay
+//! loosely typed here (durations and sizes are strings); [`crate::validate`]
+//! turns them into [`crate::Config`], whose types cannot hold invalid states.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Identity of this point of presence.
+    #[serde(default)]
+    pub pop: PopConfig,
+    /// Process-wide settings: worker threads, drain window.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The admin listener (health, readiness, metrics, drain).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Public listeners.
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    /// Upstream groups by name.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Routes; the most specific match wins, file order does not matter.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[pop]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PopConfig {
+    /// Name of this PoP, used in `Via` and in `/status`. Default: the host name.
+    pub name: Option<String>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Worker threads for the proxy. Default: number of CPUs.
+    pub threads: Option<usize>,
+    /// How long `/readyz` reports draining while traffic is still served,
+    /// before graceful shutdown starts. Default `10s`.
+    pub drain_window: Option<String>,
+    /// How long in-flight requests get to finish once listeners close.
+    /// Default `10s`.
+    pub shutdown_timeout: Option<String>,
+    /// Name of the request-id header. Default `x-request-id`.
+    pub request_id_header: Option<String>,
+    /// Accept HTTP/2 cleartext (prior knowledge) on plain listeners. Default false.
+    pub h2c: Option<bool>,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default) or `json` for internal logs and the access log.
+    pub format: Option<String>,
+    /// Access log on or off. Default on.
+    pub access_log: Option<bool>,
+    /// `tracing` filter directive, e.g. `info` or `edgegate=debug`. Default `info`.
+    pub level: Option<String>,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener. Default `127.0.0.1:9901`.
+    pub listen: Option<String>,
+}
+
+/// `[[listeners]]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Name used in logs and metrics. Default: the address.
+    pub name: Option<String>,
+    /// `host:port` to bind.
+    pub listen: String,
+    /// Present for a TLS listener.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[listeners.tls]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificates; the one whose names match the client's SNI is served.
+    pub certificates: Vec<CertificateConfig>,
+    /// Serve HTTP/2 via ALPN. Default true.
+    pub h2: Option<bool>,
+}
+
+/// One certificate chain and its key, both PEM files.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+    /// Use this one when the client sends no SNI or an unknown name. At most
+    /// one per listener; default: the first.
+    pub default: Option<bool>,
+}
+
+/// `[upstreams.NAME]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port` of each backend.
+    pub backends: Vec<String>,
+    /// `round_robin` (default) or `random`.
+    pub load_balancing: Option<String>,
+    /// Connect to backends over TLS with this SNI.
+    pub tls_sni: Option<String>,
+    /// Active health check.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive health: eject a backend after connect errors.
+    pub passive: Option<PassiveHealthConfig>,
+    /// How long an idle keep-alive connection to a backend stays pooled. Default `60s`.
+    pub keepalive_timeout: Option<String>,
+}
+
+/// `[upstreams.NAME.health_check]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// `http` (default when `path` is set) or `tcp`.
+    pub kind: Option<String>,
+    /// Path requested by an `http` check. Default `/`.
+    pub path: Option<String>,
+    /// Host header of an `http` check. Default `localhost`.
+    pub host: Option<String>,
+    /// Time between checks. Default `5s`.
+    pub interval: Option<String>,
+    /// Checks in a row that must pass to mark a backend up. Default 1.
+    pub healthy_threshold: Option<usize>,
+    /// Checks in a row that must fail to mark a backend down. Default 1.
+    pub unhealthy_threshold: Option<usize>,
+    /// Timeout of one check. Default `1s`.
+    pub timeout: Option<String>,
+}
+
+/// `[upstreams.NAME.passive]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealthConfig {
+    /// Connect errors in a row that eject a backend. Default 1.
+    pub consecutive_failures: Option<u32>,
+    /// How long an ejected backend is skipped. Default `10s`.
+    pub eject_for: Option<String>,
+}
+
+/// `[[routes]]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Name used in logs and metrics.
+    pub name: String,
+    /// Exact host (`api.example.com`), wildcard (`*.example.com`) or absent for any host.
+    pub host: Option<String>,
+    /// Match paths starting with this (segment-wise: `/api` matches `/api/x`, not `/apix`).
+    pub path_prefix: Option<String>,
+    /// Match exactly this path.
+    pub path_exact: Option<String>,
+    /// Upstream group name.
+    pub upstream: String,
+    /// Send the client's Host header upstream. Default true.
+    pub preserve_host: Option<bool>,
+    /// Extra attempts on other backends for idempotent requests. Default 1.
+    pub retries: Option<u32>,
+    /// Timeouts.
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// Size limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `[routes.timeouts]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// TCP (and TLS) connect to a backend. Default `2s`.
+    pub connect: Option<String>,
+    /// Waiting for each read from the backend (incl. response head). Default `30s`.
+    pub read: Option<String>,
+    /// Each write to the backend. Default `30s`.
+    pub write: Option<String>,
+}
+
+/// `[routes.limits]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Total size of the request line and headers, e.g. `16KiB`. Default `32KiB`; larger gets 431.
+    pub max_header_bytes: Option<String>,
+    /// Request body size, e.g. `10MiB`. Default `16MiB`; larger gets 413.
+    pub max_body_bytes: Option<String>,
+}
