@@ -262,7 +262,7 @@ impl Gateway {
             self.http,
             self.admin,
             &self.extra,
-            &self.dir.path().to_path_buf(),
+            self.dir.path(),
         );
         std::fs::write(&self.config_path, text).unwrap();
     }
