@@ -94,6 +94,18 @@ impl Metrics {
         })
     }
 
+    /// Handles for one route, resolved once per config generation so the
+    /// request path does no label hashing.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            duration: self.duration.with_label_values(&[route]),
+            requests: STATUS_LABELS
+                .iter()
+                .map(|status| self.requests.with_label_values(&[route, status]))
+                .collect(),
+        }
+    }
+
     /// Text exposition format.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -101,5 +113,68 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         out
+    }
+}
+
+/// Status labels: common codes by value, the rest by class.
+pub const STATUS_LABELS: [&str; 22] = [
+    "0", "1xx", "2xx", "3xx", "4xx", "5xx", "200", "204", "206", "301", "302", "304", "400", "401",
+    "403", "404", "413", "429", "431", "500", "502", "504",
+];
+
+/// Index into [`STATUS_LABELS`].
+pub fn status_index(status: u16) -> usize {
+    match status {
+        200 => 6,
+        204 => 7,
+        206 => 8,
+        301 => 9,
+        302 => 10,
+        304 => 11,
+        400 => 12,
+        401 => 13,
+        403 => 14,
+        404 => 15,
+        413 => 16,
+        429 => 17,
+        431 => 18,
+        500 => 19,
+        502 => 20,
+        504 => 21,
+        0 => 0,
+        s => usize::from((s / 100).clamp(1, 5)),
+    }
+}
+
+/// Pre-resolved metric handles of one route.
+pub struct RouteMetrics {
+    /// Request duration.
+    pub duration: prometheus::Histogram,
+    /// Requests by [`status_index`].
+    pub requests: Vec<prometheus::IntCounter>,
+}
+
+impl RouteMetrics {
+    /// Counts one finished request.
+    pub fn observe(&self, status: u16, seconds: f64) {
+        self.duration.observe(seconds);
+        if let Some(c) = self.requests.get(status_index(status)) {
+            c.inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_index_labels() {
+        assert_eq!(STATUS_LABELS[status_index(200)], "200");
+        assert_eq!(STATUS_LABELS[status_index(201)], "2xx");
+        assert_eq!(STATUS_LABELS[status_index(503)], "5xx");
+        assert_eq!(STATUS_LABELS[status_index(504)], "504");
+        assert_eq!(STATUS_LABELS[status_index(0)], "0");
+        assert_eq!(STATUS_LABELS[status_index(999)], "5xx");
     }
 }

@@ -66,8 +66,45 @@ pub struct Generation {
     pub upstreams: HashMap<String, Arc<UpstreamGroup>>,
     /// The upstream group of each route, by [`policies::RouteId`].
     pub route_upstreams: Vec<Arc<UpstreamGroup>>,
+    /// Metric handles of each route, by [`policies::RouteId`].
+    pub route_metrics: Vec<crate::metrics::RouteMetrics>,
+    /// Values computed once per generation for the request path.
+    pub hot: HotValues,
     /// When it was applied.
     pub loaded_at: SystemTime,
+}
+
+/// Header names and values the request path would otherwise rebuild per request.
+pub struct HotValues {
+    /// The request-id header.
+    pub request_id_header: http::HeaderName,
+    /// `Via` hop for HTTP/1.1 (`1.1 <pop>`).
+    pub via_h1: http::HeaderValue,
+    /// `Via` hop for HTTP/2 (`2 <pop>`).
+    pub via_h2: http::HeaderValue,
+}
+
+impl HotValues {
+    fn new(config: &Config) -> Result<Self, LoadError> {
+        let invalid = |what: &str| {
+            LoadError::Config(ConfigError {
+                file: PathBuf::new(),
+                location: None,
+                key: what.to_string(),
+                message: "not usable in an HTTP header".into(),
+            })
+        };
+        Ok(Self {
+            request_id_header: http::HeaderName::from_bytes(
+                config.server.request_id_header.as_bytes(),
+            )
+            .map_err(|_| invalid("server.request_id_header"))?,
+            via_h1: http::HeaderValue::from_str(&format!("1.1 {}", config.pop_name))
+                .map_err(|_| invalid("pop.name"))?,
+            via_h2: http::HeaderValue::from_str(&format!("2 {}", config.pop_name))
+                .map_err(|_| invalid("pop.name"))?,
+        })
+    }
 }
 
 /// Readiness verdict for `/readyz`.
@@ -100,6 +137,7 @@ fn build_generation(
     id: u64,
     config: Config,
     previous: Option<&Generation>,
+    metrics: &Metrics,
 ) -> Result<Generation, LoadError> {
     let mut upstreams = HashMap::new();
     for (name, up) in &config.upstreams {
@@ -118,13 +156,31 @@ fn build_generation(
         .routes
         .routes()
         .iter()
-        .map(|r| Arc::clone(&upstreams[&r.upstream]))
+        .map(|r| {
+            upstreams.get(&r.upstream).cloned().ok_or_else(|| {
+                LoadError::Config(ConfigError {
+                    file: PathBuf::new(),
+                    location: None,
+                    key: format!("routes.{}.upstream", r.name),
+                    message: format!("no upstream group named `{}`", r.upstream),
+                })
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let route_metrics = config
+        .routes
+        .routes()
+        .iter()
+        .map(|r| metrics.route(&r.name))
         .collect();
+    let hot = HotValues::new(&config)?;
     Ok(Generation {
         id,
         config: Arc::new(config),
         upstreams,
         route_upstreams,
+        route_metrics,
+        hot,
         loaded_at: SystemTime::now(),
     })
 }
@@ -150,8 +206,8 @@ impl Shared {
     pub fn load(source: ConfigSource, defaults: Defaults) -> anyhow::Result<Arc<Self>> {
         let config = read_config(&source, &defaults)?;
         let stores = load_stores(&config)?;
-        let generation = build_generation(1, config, None)?;
         let metrics = Metrics::new()?;
+        let generation = build_generation(1, config, None, &metrics)?;
         metrics.config_generation.set(1);
         let tls = stores
             .into_iter()
@@ -220,7 +276,7 @@ impl Shared {
             tracing::warn!("server.threads changes apply at the next restart");
         }
         let stores = load_stores(&config)?;
-        let generation = build_generation(old.id + 1, config, Some(&old))?;
+        let generation = build_generation(old.id + 1, config, Some(&old), &self.metrics)?;
         let id = generation.id;
         // Everything is built: now publish, certificates first.
         for (name, store) in stores {

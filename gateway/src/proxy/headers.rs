@@ -1,8 +1,7 @@
 //! Request checks and forwarding headers.
 
 use super::errors::Refusal;
-use http::header::{HeaderMap, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, VIA};
-use http::Version;
+use http::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, VIA};
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use pingora::Result;
@@ -10,7 +9,7 @@ use policies::{Route, RouteId, RouteTable};
 use std::net::IpAddr;
 
 /// The client's request id when it is sane, else a fresh UUID.
-pub fn request_id(req: &RequestHeader, header: &str) -> String {
+pub fn request_id(req: &RequestHeader, header: &http::HeaderName) -> String {
     if let Some(v) = req.headers.get(header) {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= 200 && b.iter().all(|c| c.is_ascii_graphic()) {
@@ -110,23 +109,18 @@ pub fn check_limits(session: &Session, route: &Route) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// `Via` value for a hop of `version` through `pop`.
-fn via_value(version: Version, pop: &str) -> String {
-    let proto = match version {
-        Version::HTTP_2 => "2",
-        Version::HTTP_3 => "3",
-        Version::HTTP_10 => "1.0",
-        _ => "1.1",
-    };
-    format!("{proto} {pop}")
-}
-
-/// `Via` with this hop appended to what `headers` already carry.
-pub fn via_appended(headers: &HeaderMap, version: Version, pop: &str) -> String {
-    let hop = via_value(version, pop);
-    match headers.get(VIA).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {hop}"),
-        _ => hop,
+/// `Via` with `hop` appended to what `headers` already carry.
+pub fn via_appended(headers: &HeaderMap, hop: &HeaderValue) -> HeaderValue {
+    match headers.get(VIA).map(|v| v.as_bytes()) {
+        Some(prev) if !prev.trim_ascii().is_empty() => {
+            let mut joined = Vec::with_capacity(prev.len() + 2 + hop.len());
+            joined.extend_from_slice(prev);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(hop.as_bytes());
+            // Both parts are valid header values; so is their join.
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| hop.clone())
+        }
+        _ => hop.clone(),
     }
 }
 
@@ -156,8 +150,8 @@ pub fn forward(
     req: &mut RequestHeader,
     client: Option<IpAddr>,
     tls: bool,
-    pop: &str,
-    request_id_header: &str,
+    via_hop: &HeaderValue,
+    request_id_header: &http::HeaderName,
     request_id: &str,
 ) -> Result<()> {
     let proto = if tls { "https" } else { "http" };
@@ -203,9 +197,9 @@ pub fn forward(
         _ => fwd,
     };
     req.insert_header("forwarded", forwarded)?;
-    let via = via_appended(&req.headers, req.version, pop);
+    let via = via_appended(&req.headers, via_hop);
     req.insert_header(VIA, via)?;
-    req.insert_header(request_id_header.to_string(), request_id)?;
+    req.insert_header(request_id_header.clone(), request_id)?;
     Ok(())
 }
 
@@ -245,8 +239,8 @@ mod tests {
             &mut req,
             Some("2001:db8::1".parse().unwrap()),
             true,
-            "fra1",
-            "x-request-id",
+            &HeaderValue::from_static("1.1 fra1"),
+            &http::HeaderName::from_static("x-request-id"),
             "abc",
         )
         .unwrap();
@@ -263,10 +257,11 @@ mod tests {
     #[test]
     fn request_id_kept_or_generated() {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        assert_eq!(request_id(&req, "x-request-id").len(), 36);
+        let name = http::HeaderName::from_static("x-request-id");
+        assert_eq!(request_id(&req, &name).len(), 36);
         req.insert_header("x-request-id", "client-id-1").unwrap();
-        assert_eq!(request_id(&req, "x-request-id"), "client-id-1");
+        assert_eq!(request_id(&req, &name), "client-id-1");
         req.insert_header("x-request-id", "has space").unwrap();
-        assert_ne!(request_id(&req, "x-request-id"), "has space");
+        assert_ne!(request_id(&req, &name), "has space");
     }
 }

@@ -69,7 +69,7 @@ pub(crate) async fn respond(
     status: u16,
     body: &str,
     request_id: &str,
-    request_id_header: &str,
+    request_id_header: &http::HeaderName,
     close: bool,
 ) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(4))?;
@@ -77,7 +77,7 @@ pub(crate) async fn respond(
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     if !request_id.is_empty() {
-        resp.insert_header(request_id_header.to_string(), request_id)?;
+        resp.insert_header(request_id_header.clone(), request_id)?;
     }
     if close {
         session.set_keepalive(None);
@@ -121,7 +121,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        let id_header = ctx.generation.config.server.request_id_header.clone();
+        let id_header = ctx.generation.hot.request_id_header.clone();
         ctx.request_id = headers::request_id(session.req_header(), &id_header);
 
         let refusal =
@@ -286,13 +286,18 @@ impl ProxyHttp for EdgeProxy {
         upstream_request: &mut pingora::http::RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        let config = &ctx.generation.config;
+        let hot = &ctx.generation.hot;
+        let via = if upstream_request.version == http::Version::HTTP_2 {
+            &hot.via_h2
+        } else {
+            &hot.via_h1
+        };
         headers::forward(
             upstream_request,
             client_ip(session),
             is_tls(session),
-            &config.pop_name,
-            &config.server.request_id_header,
+            via,
+            &hot.request_id_header,
             &ctx.request_id,
         )?;
         if let (Some(route), Some(route_id), Some(i)) = (ctx.route(), ctx.route, ctx.backend) {
@@ -310,17 +315,15 @@ impl ProxyHttp for EdgeProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        let config = &ctx.generation.config;
-        let via = headers::via_appended(
-            &resp.headers,
-            session.req_header().version,
-            &config.pop_name,
-        );
+        let hot = &ctx.generation.hot;
+        let hop = if session.req_header().version == http::Version::HTTP_2 {
+            &hot.via_h2
+        } else {
+            &hot.via_h1
+        };
+        let via = headers::via_appended(&resp.headers, hop);
         resp.insert_header(http::header::VIA, via)?;
-        resp.insert_header(
-            config.server.request_id_header.clone(),
-            ctx.request_id.as_str(),
-        )?;
+        resp.insert_header(hot.request_id_header.clone(), ctx.request_id.as_str())?;
         Ok(())
     }
 
@@ -332,7 +335,7 @@ impl ProxyHttp for EdgeProxy {
     ) -> FailToProxy {
         let (status, body) = client_status(e, ctx.refusal);
         if status > 0 && session.response_written().is_none() {
-            let id_header = ctx.generation.config.server.request_id_header.clone();
+            let id_header = ctx.generation.hot.request_id_header.clone();
             if let Err(write_err) =
                 respond(session, status, body, &ctx.request_id, &id_header, true).await
             {
@@ -351,14 +354,23 @@ impl ProxyHttp for EdgeProxy {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route_name = ctx.route().map_or("-", |r| r.name.as_str());
         let elapsed = ctx.started.elapsed();
-        metrics
-            .requests
-            .with_label_values(&[route_name, status_label(status)])
-            .inc();
-        metrics
-            .duration
-            .with_label_values(&[route_name])
-            .observe(elapsed.as_secs_f64());
+        match ctx
+            .route
+            .and_then(|id| ctx.generation.route_metrics.get(id))
+        {
+            Some(m) => m.observe(status, elapsed.as_secs_f64()),
+            None => {
+                let label = crate::metrics::STATUS_LABELS[crate::metrics::status_index(status)];
+                metrics
+                    .requests
+                    .with_label_values(&[route_name, label])
+                    .inc();
+                metrics
+                    .duration
+                    .with_label_values(&[route_name])
+                    .observe(elapsed.as_secs_f64());
+            }
+        }
         if ctx.generation.config.log.access_log {
             let upstream = match (ctx.route, ctx.backend) {
                 (Some(r), Some(i)) => ctx.generation.route_upstreams[r].backends()[i]
@@ -383,29 +395,5 @@ impl ProxyHttp for EdgeProxy {
                 error = e.map(|e| e.etype().as_str()).unwrap_or(""),
             );
         }
-    }
-}
-
-fn status_label(status: u16) -> &'static str {
-    // Pre-rendered so the hot path allocates no label strings.
-    const LABELS: [&str; 6] = ["0", "1xx", "2xx", "3xx", "4xx", "5xx"];
-    match status {
-        200 => "200",
-        204 => "204",
-        301 => "301",
-        302 => "302",
-        304 => "304",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        413 => "413",
-        429 => "429",
-        431 => "431",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        s => LABELS[(s / 100).min(5) as usize],
     }
 }

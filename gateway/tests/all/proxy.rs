@@ -438,15 +438,24 @@ async fn access_log_counts_requests_by_route_and_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_prior_knowledge_when_enabled() {
     let o = Origin::start("o").await;
-    let gw = Gateway::start(&simple_config(&[o.addr], "").replace("threads = 2", "threads = 2\nh2c = true")).await;
-    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let gw = Gateway::start(
+        &simple_config(&[o.addr], "").replace("threads = 2", "threads = 2\nh2c = true"),
+    )
+    .await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
     let r = h2.get(gw.url("/over-h2c")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.headers()["via"], "2 test-pop");
     assert_eq!(o.last().path, "/over-h2c");
     // HTTP/1.1 still works on the same listener.
-    assert_eq!(client().get(gw.url("/h1")).send().await.unwrap().version(), reqwest::Version::HTTP_11);
+    assert_eq!(
+        client().get(gw.url("/h1")).send().await.unwrap().version(),
+        reqwest::Version::HTTP_11
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -461,6 +470,10 @@ async fn headers_beyond_the_parser_cap_are_refused_not_forwarded() {
     // Past Pingora's 1 MiB parser cap the request never reaches a route (so
     // no route limit, and no 431): Pingora answers 400 and closes.
     let resp = raw_exchange(gw.http, &req).await;
-    assert!(resp.starts_with("HTTP/1.1 400"), "{}", &resp[..resp.len().min(200)]);
+    assert!(
+        resp.starts_with("HTTP/1.1 400"),
+        "{}",
+        &resp[..resp.len().min(200)]
+    );
     assert_eq!(o.hits(), 0);
 }
