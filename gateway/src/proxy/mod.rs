@@ -138,15 +138,9 @@ impl ProxyHttp for EdgeProxy {
         if let Err(refusal) = refusal {
             let (status, body) = refusal.response();
             ctx.refusal = Some(refusal);
-            respond(
-                session,
-                status,
-                body,
-                &ctx.request_id,
-                &id_header,
-                refusal.closes_connection(),
-            )
-            .await?;
+            // An unread request body would be taken for the next request.
+            let close = refusal.closes_connection() || !session.is_body_empty();
+            respond(session, status, body, &ctx.request_id, &id_header, close).await?;
             return Ok(true);
         }
         Ok(false)
