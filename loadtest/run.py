@@ -10,7 +10,10 @@ then measures both in the same run, interleaved, several rounds:
   - wrk (peak throughput, fixed connections), with each proxy's CPU time
     read from /proc, giving CPU microseconds per request;
   - k6 (scripted scenario with thresholds, k6/proxy-small.js).
-Prints per-round numbers and the edgegate/nginx ratios (medians).
+Prints per-round numbers and the edgegate/nginx ratios (medians). When the
+`bare_pingora` example is built (cargo build --release -p edgegate --example
+bare_pingora), a bare Pingora proxy with no edgegate logic runs too, as the
+floor edgegate stands on.
 
 Usage: python3 loadtest/run.py [--workers 1] [--duration 10] [--rounds 3]
                                [--connections 64] [--out loadtest/out/result.json]
@@ -210,8 +213,16 @@ def main():
             "edgegate": (f"http://127.0.0.1:{e_port}", lambda: [eg.pid]),
             "nginx": (f"http://127.0.0.1:{n_port}", lambda: [ng.pid] + children(ng.pid)),
         }
+        bare_bin = os.path.join(os.path.dirname(binary), "examples/bare_pingora")
+        if os.path.exists(bare_bin) and args.workers == 1:
+            b_port = free_port()
+            bp = subprocess.Popen([bare_bin, f"127.0.0.1:{b_port}", f"127.0.0.1:{o_port}"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(bp)
+            wait_http(f"http://127.0.0.1:{b_port}/small")
+            targets["pingora"] = (f"http://127.0.0.1:{b_port}", lambda: [bp.pid])
         # Warm-up: connection pools, page cache, CPU frequency.
-        for name, (url, pids) in targets.items():
+        for name, (url, _) in targets.items():
             subprocess.run(["wrk", "-t1", "-c16", "-d2s", url + "/small"], capture_output=True)
 
         results = {name: {"wrk": [], "k6": []} for name in targets}
@@ -238,11 +249,18 @@ def main():
             for key in keys:
                 e, n = med("edgegate", tool, key), med("nginx", tool, key)
                 summary[f"{tool}.{key}"] = {"edgegate": e, "nginx": n, "ratio": e / n if n else None}
+                if "pingora" in results:
+                    summary[f"{tool}.{key}"]["pingora"] = med("pingora", tool, key)
         print()
         print(f"medians over {args.rounds} rounds, {args.workers} worker(s) each, {args.duration}s per run")
-        print(f"{'metric':22s} {'edgegate':>10s} {'nginx':>10s} {'edgegate/nginx':>15s}")
+        bare = "pingora" in results
+        print(f"{'metric':22s} {'edgegate':>10s} {'nginx':>10s} {'edgegate/nginx':>15s}"
+              + (f" {'bare pingora':>13s} {'pingora/nginx':>14s}" if bare else ""))
         for k, v in summary.items():
-            print(f"{k:22s} {v['edgegate']:10.2f} {v['nginx']:10.2f} {v['ratio']:15.3f}")
+            line = f"{k:22s} {v['edgegate']:10.2f} {v['nginx']:10.2f} {v['ratio']:15.3f}"
+            if bare:
+                line += f" {v['pingora']:13.2f} {v['pingora'] / v['nginx']:14.3f}"
+            print(line)
         ok_k6 = all(r["thresholds_ok"] for r in results["edgegate"]["k6"])
         print(f"k6 thresholds (edgegate): {'passed' if ok_k6 else 'FAILED'}")
         if args.out:

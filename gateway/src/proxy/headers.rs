@@ -1,7 +1,9 @@
 //! Request checks and forwarding headers.
 
 use super::errors::Refusal;
-use http::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, VIA};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, VIA,
+};
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use pingora::Result;
@@ -124,23 +126,52 @@ pub fn via_appended(headers: &HeaderMap, hop: &HeaderValue) -> HeaderValue {
     }
 }
 
-/// RFC 7239 `for=` node: IPv6 in quotes and brackets.
-fn forwarded_node(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    }
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static HTTP: HeaderValue = HeaderValue::from_static("http");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
+
+/// Appends RFC 7239 `for=` node: IPv6 in quotes and brackets.
+fn push_forwarded_node(out: &mut String, ip: IpAddr) {
+    use std::fmt::Write;
+    // Writing to a String cannot fail.
+    let _ = match ip {
+        IpAddr::V4(v4) => write!(out, "{v4}"),
+        IpAddr::V6(v6) => write!(out, "\"[{v6}]\""),
+    };
 }
 
-/// An RFC 7230 token stays bare; anything else is quoted.
-fn forwarded_value(v: &str) -> String {
+/// Appends `v`: bare when it is an RFC 7230 token, else quoted.
+fn push_forwarded_value(out: &mut String, v: &str) {
     let token = !v.is_empty()
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if token {
-        v.to_string()
+        out.push_str(v);
     } else {
-        format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+        out.push('"');
+        for c in v.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+}
+
+/// `prev, next` when the request already carries `name`, else `next`.
+fn appended(req: &RequestHeader, name: &HeaderName, next: &str) -> String {
+    match req.headers.get(name).map(|v| v.as_bytes()) {
+        Some(prev) if !prev.trim_ascii().is_empty() => {
+            let mut out = String::with_capacity(prev.len() + 2 + next.len());
+            out.push_str(&String::from_utf8_lossy(prev));
+            out.push_str(", ");
+            out.push_str(next);
+            out
+        }
+        _ => next.to_string(),
     }
 }
 
@@ -151,52 +182,39 @@ pub fn forward(
     client: Option<IpAddr>,
     tls: bool,
     via_hop: &HeaderValue,
-    request_id_header: &http::HeaderName,
+    request_id_header: &HeaderName,
     request_id: &str,
 ) -> Result<()> {
-    let proto = if tls { "https" } else { "http" };
+    let mut node = String::with_capacity(48);
     if let Some(ip) = client {
-        let ip_s = ip.to_string();
-        let xff = match req
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip_s}"),
-            _ => ip_s,
-        };
-        req.insert_header("x-forwarded-for", xff)?;
+        push_forwarded_node(&mut node, ip);
+        let bare = node.trim_matches(|c| c == '"' || c == '[' || c == ']');
+        let xff = appended(req, &X_FORWARDED_FOR, bare);
+        req.insert_header(X_FORWARDED_FOR.clone(), xff)?;
     }
-    req.insert_header("x-forwarded-proto", proto)?;
+    req.insert_header(
+        X_FORWARDED_PROTO.clone(),
+        if tls { HTTPS.clone() } else { HTTP.clone() },
+    )?;
 
-    let mut fwd = String::new();
-    if let Some(ip) = client {
+    let mut fwd = String::with_capacity(96);
+    if client.is_some() {
         fwd.push_str("for=");
-        fwd.push_str(&forwarded_node(ip));
+        fwd.push_str(&node);
         fwd.push(';');
     }
-    if let Some(host) = req
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-    {
-        fwd.push_str("host=");
-        fwd.push_str(&forwarded_value(&host));
-        fwd.push(';');
-    }
-    fwd.push_str("proto=");
-    fwd.push_str(proto);
-    let forwarded = match req.headers.get("forwarded").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {fwd}"),
-        _ => fwd,
+    let host = match req.uri.authority() {
+        Some(a) => Some(a.as_str()),
+        None => req.headers.get(HOST).and_then(|h| h.to_str().ok()),
     };
-    req.insert_header("forwarded", forwarded)?;
+    if let Some(host) = host {
+        fwd.push_str("host=");
+        push_forwarded_value(&mut fwd, host);
+        fwd.push(';');
+    }
+    fwd.push_str(if tls { "proto=https" } else { "proto=http" });
+    let forwarded = appended(req, &FORWARDED, &fwd);
+    req.insert_header(FORWARDED.clone(), forwarded)?;
     let via = via_appended(&req.headers, via_hop);
     req.insert_header(VIA, via)?;
     req.insert_header(request_id_header.clone(), request_id)?;
