@@ -8,6 +8,8 @@
 //! - [`proxy`]: the Pingora `ProxyHttp` implementation (the request path) and
 //!   the one mapping from failures to client responses;
 //! - [`upstream`]: upstream groups, selection, active and passive health;
+//! - [`filter_host`]: per-route WebAssembly filter components (wasmtime);
+//! - [`ratelimit`]: host-held GCRA rate-limit buckets (`governor`);
 //! - [`tls`]: rustls certificates chosen by SNI, hot-swappable;
 //! - [`admin`]: the admin listener (healthz, readyz, status, metrics, drain);
 //! - [`server`]: assembles the Pingora services and the drain-aware shutdown;
@@ -17,8 +19,10 @@
 pub mod admin;
 pub mod cli;
 pub mod demo;
+pub mod filter_host;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod server;
 pub mod state;
 pub mod tls;

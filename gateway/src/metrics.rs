@@ -25,6 +25,14 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// `edgegate_draining`
     pub draining: IntGauge,
+    /// `edgegate_filter_decisions_total{route,filter,decision}`
+    pub filter_decisions: IntCounterVec,
+    /// `edgegate_filter_errors_total{route,filter,kind}`
+    pub filter_errors: IntCounterVec,
+    /// `edgegate_filter_instantiate_seconds{filter}`
+    pub filter_instantiate: HistogramVec,
+    /// `edgegate_filter_run_seconds{filter}`
+    pub filter_run: HistogramVec,
 }
 
 impl Metrics {
@@ -73,6 +81,37 @@ impl Metrics {
             &["result"],
         )?;
         let draining = IntGauge::new("edgegate_draining", "1 while the node drains")?;
+        let filter_decisions = IntCounterVec::new(
+            Opts::new(
+                "edgegate_filter_decisions_total",
+                "Filter calls that returned, by decision",
+            ),
+            &["route", "filter", "decision"],
+        )?;
+        let filter_errors = IntCounterVec::new(
+            Opts::new(
+                "edgegate_filter_errors_total",
+                "Filter calls that failed, by kind (timeout, out_of_memory, trap, bad_answer, overloaded)",
+            ),
+            &["route", "filter", "kind"],
+        )?;
+        let micro = vec![
+            0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005,
+            0.025, 0.1,
+        ];
+        let filter_instantiate = HistogramVec::new(
+            HistogramOpts::new(
+                "edgegate_filter_instantiate_seconds",
+                "Fresh instance creation per call",
+            )
+            .buckets(micro.clone()),
+            &["filter"],
+        )?;
+        let filter_run = HistogramVec::new(
+            HistogramOpts::new("edgegate_filter_run_seconds", "Guest run time per call")
+                .buckets(micro),
+            &["filter"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
@@ -81,6 +120,10 @@ impl Metrics {
         registry.register(Box::new(config_generation.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(draining.clone()))?;
+        registry.register(Box::new(filter_decisions.clone()))?;
+        registry.register(Box::new(filter_errors.clone()))?;
+        registry.register(Box::new(filter_instantiate.clone()))?;
+        registry.register(Box::new(filter_run.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -91,6 +134,10 @@ impl Metrics {
             config_generation,
             reloads,
             draining,
+            filter_decisions,
+            filter_errors,
+            filter_instantiate,
+            filter_run,
         })
     }
 

@@ -49,6 +49,9 @@ pub enum LoadError {
         /// Why.
         source: crate::tls::TlsError,
     },
+    /// A filter or key set failed to load.
+    #[error("{0}")]
+    Filter(#[from] crate::filter_host::FilterLoadError),
     /// Listener set changed: needs a restart.
     #[error(
         "listeners changed ({0}); they are bound at start, restart edgegate to apply this change"
@@ -70,6 +73,10 @@ pub struct Generation {
     pub route_metrics: Vec<crate::metrics::RouteMetrics>,
     /// Values computed once per generation for the request path.
     pub hot: HotValues,
+    /// Filter engine handle, rate-limit buckets and key sets.
+    pub filters: crate::filter_host::FilterSet,
+    /// The filter chain of each route, by [`policies::RouteId`].
+    pub route_filters: Vec<crate::filter_host::FilterChain>,
     /// When it was applied.
     pub loaded_at: SystemTime,
 }
@@ -174,6 +181,13 @@ fn build_generation(
         .map(|r| metrics.route(&r.name))
         .collect();
     let hot = HotValues::new(&config)?;
+    let filters = crate::filter_host::FilterSet::new(&config, previous.map(|p| &p.filters))?;
+    let route_filters = config
+        .routes
+        .routes()
+        .iter()
+        .map(|r| filters.chain(&r.filters, &config))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Generation {
         id,
         config: Arc::new(config),
@@ -181,6 +195,8 @@ fn build_generation(
         route_upstreams,
         route_metrics,
         hot,
+        filters,
+        route_filters,
         loaded_at: SystemTime::now(),
     })
 }

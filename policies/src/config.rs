@@ -28,6 +28,78 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     /// Routes, compiled for matching.
     pub routes: RouteTable,
+    /// Rate-limit buckets by name.
+    pub rate_limits: BTreeMap<String, RateLimit>,
+    /// Key sets by name.
+    pub key_sets: BTreeMap<String, KeySet>,
+}
+
+/// A rate-limit bucket definition: `burst` requests at once, refilled at
+/// `rate` per `per` (GCRA).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    /// Name filters refer to.
+    pub name: String,
+    /// Requests per window.
+    pub rate: NonZeroU32,
+    /// The window.
+    pub per: Duration,
+    /// Requests allowed at once.
+    pub burst: NonZeroU32,
+    /// Keys held at most.
+    pub max_keys: usize,
+}
+
+/// A key set for host-side signature checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeySet {
+    /// Name filters refer to.
+    pub name: String,
+    /// JWKS document on disk.
+    pub jwks_file: Option<PathBuf>,
+    /// HMAC secrets by key id, inline.
+    pub hmac_secrets: BTreeMap<String, String>,
+    /// HMAC secrets by key id, in files.
+    pub hmac_secret_files: BTreeMap<String, PathBuf>,
+}
+
+/// Where a filter's component comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FilterSource {
+    /// A first-party filter, by name, from the filter directory.
+    Module(String),
+    /// A tenant component file.
+    Path(PathBuf),
+}
+
+/// What a failing filter (trap, timeout, memory cap, bad answer) means for the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// The request fails with 503.
+    FailClosed,
+    /// The filter is skipped.
+    FailOpen,
+}
+
+/// One filter on a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterSpec {
+    /// Name in logs and metrics (unique on its route).
+    pub name: String,
+    /// The component.
+    pub source: FilterSource,
+    /// Failure policy.
+    pub on_error: OnError,
+    /// CPU deadline per call.
+    pub timeout: Duration,
+    /// Linear memory cap, bytes.
+    pub memory_bytes: usize,
+    /// Buckets it may use (each defined in `rate_limits`).
+    pub rate_limits: Vec<String>,
+    /// Key sets it may use (each defined in `key_sets`).
+    pub key_sets: Vec<String>,
+    /// Its configuration as JSON text.
+    pub config_json: String,
 }
 
 /// Process-wide settings.
@@ -43,6 +115,10 @@ pub struct Server {
     pub request_id_header: String,
     /// Accept h2c (prior knowledge) on plain listeners.
     pub h2c: bool,
+    /// Where first-party filters are installed.
+    pub filter_dir: PathBuf,
+    /// Where compiled filters are cached, if anywhere.
+    pub filter_cache_dir: Option<PathBuf>,
 }
 
 /// Log output format.

@@ -50,22 +50,27 @@ pub fn load_file(path: &Path, defaults: &Defaults) -> Result<Config, ConfigError
 /// Parses and validates TOML `source` that came from `file`.
 pub fn parse_str(source: &str, file: &Path, defaults: &Defaults) -> Result<Config, ConfigError> {
     let raw = parse_raw(source, file)?;
-    validate::validate(&raw, defaults.threads, &defaults.pop_name).map_err(|e| ConfigError {
-        file: file.to_path_buf(),
-        location: locate(source, &e.path),
-        key: render_path(&e.path),
-        message: e.message,
+    let base_dir = file.parent().unwrap_or_else(|| Path::new("."));
+    validate::validate(&raw, defaults.threads, &defaults.pop_name, base_dir).map_err(|e| {
+        ConfigError {
+            file: file.to_path_buf(),
+            location: locate(source, &e.path),
+            key: render_path(&e.path),
+            message: e.message,
+        }
     })
 }
 
 /// Validates a config built in code (e.g. from command-line flags); errors
 /// name `origin` as their file.
 pub fn from_raw(raw: &RawConfig, origin: &str, defaults: &Defaults) -> Result<Config, ConfigError> {
-    validate::validate(raw, defaults.threads, &defaults.pop_name).map_err(|e| ConfigError {
-        file: origin.into(),
-        location: None,
-        key: render_path(&e.path),
-        message: e.message,
+    validate::validate(raw, defaults.threads, &defaults.pop_name, Path::new(".")).map_err(|e| {
+        ConfigError {
+            file: origin.into(),
+            location: None,
+            key: render_path(&e.path),
+            message: e.message,
+        }
     })
 }
 

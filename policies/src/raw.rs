@@ -34,6 +34,66 @@ pub struct RawConfig {
     /// Routes; the most specific match wins, file order does not matter.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Rate-limit buckets by name (host-held GCRA state), granted to filters per route.
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, RateLimitConfig>,
+    /// Key sets by name (for signature checks by the host), granted to filters per route.
+    #[serde(default)]
+    pub key_sets: BTreeMap<String, KeySetConfig>,
+}
+
+/// `[rate_limits.NAME]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Requests allowed per `per`.
+    pub rate: u32,
+    /// The window of `rate`. Default `1s`.
+    pub per: Option<String>,
+    /// Requests allowed at once. Default: `rate`.
+    pub burst: Option<u32>,
+    /// Keys held at most (least recently used forgotten beyond). Default 100000.
+    pub max_keys: Option<usize>,
+}
+
+/// `[key_sets.NAME]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeySetConfig {
+    /// A JWKS document on disk (RSA, EC P-256/P-384, Ed25519 and `oct` keys).
+    pub jwks_file: Option<String>,
+    /// HMAC secrets: `{ kid = "secret" }` inline.
+    #[serde(default)]
+    pub hmac_secrets: BTreeMap<String, String>,
+    /// HMAC secrets read from files: `{ kid = "/path" }` (trailing newline dropped).
+    #[serde(default)]
+    pub hmac_secret_files: BTreeMap<String, String>,
+}
+
+/// `[[routes.filters]]`: one filter on a route, in order.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// A first-party filter shipped with edgegate (`headers`, `rate-limit`, `api-key`, `noop`).
+    pub module: Option<String>,
+    /// A tenant filter: path to a component (`.wasm`), relative to the config file.
+    pub path: Option<String>,
+    /// Name in logs and metrics. Default: the module name or file stem.
+    pub name: Option<String>,
+    /// `fail-closed` (default: the request gets 503) or `fail-open` (the filter is skipped).
+    pub on_error: Option<String>,
+    /// CPU deadline per call. Default `20ms`.
+    pub timeout: Option<String>,
+    /// Linear memory cap. Default `16MiB`.
+    pub memory: Option<String>,
+    /// Rate-limit buckets this filter may use.
+    #[serde(default)]
+    pub rate_limits: Vec<String>,
+    /// Key sets this filter may use.
+    #[serde(default)]
+    pub key_sets: Vec<String>,
+    /// The filter's own configuration, handed to it as JSON.
+    pub config: Option<toml::Table>,
 }
 
 /// `[pop]`
@@ -60,6 +120,11 @@ pub struct ServerConfig {
     pub request_id_header: Option<String>,
     /// Accept HTTP/2 cleartext (prior knowledge) on plain listeners. Default false.
     pub h2c: Option<bool>,
+    /// Where first-party filter components are installed. Default
+    /// `/usr/lib/edgegate/filters` (the `EDGEGATE_FILTER_DIR` environment variable overrides).
+    pub filter_dir: Option<String>,
+    /// Where compiled filters are cached. Default `/var/cache/edgegate` (none when unset and not writable).
+    pub filter_cache_dir: Option<String>,
 }
 
 /// `[log]`
@@ -189,6 +254,9 @@ pub struct RouteConfig {
     /// Size limits.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Filters, run in this order on requests (reverse order on responses).
+    #[serde(default)]
+    pub filters: Vec<FilterConfig>,
 }
 
 /// `[routes.timeouts]`

@@ -75,6 +75,8 @@ pub struct Route {
     pub timeouts: Timeouts,
     /// Request limits.
     pub limits: Limits,
+    /// Filters in request order.
+    pub filters: Vec<crate::config::FilterSpec>,
 }
 
 /// Index of a route in [`RouteTable::routes`].
@@ -200,6 +202,7 @@ mod tests {
                 max_header_bytes: 1,
                 max_body_bytes: 1,
             },
+            filters: Vec::new(),
         }
     }
 

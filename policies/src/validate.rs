@@ -7,7 +7,7 @@ use crate::route::{HostMatch, PathMatch, Route, RouteTable};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Default address of the admin listener.
@@ -113,6 +113,7 @@ pub(crate) fn validate(
     raw: &RawConfig,
     default_threads: usize,
     default_pop: &str,
+    base_dir: &Path,
 ) -> Result<Config, KeyError> {
     let mut ctx = Ctx { path: Vec::new() };
 
@@ -160,6 +161,12 @@ pub(crate) fn validate(
             )?,
             request_id_header: request_id_header.to_ascii_lowercase(),
             h2c: s.h2c.unwrap_or(false),
+            filter_dir: PathBuf::from(
+                s.filter_dir
+                    .clone()
+                    .unwrap_or_else(|| "/usr/lib/edgegate/filters".into()),
+            ),
+            filter_cache_dir: s.filter_cache_dir.as_ref().map(|d| base_dir.join(d)),
         })
     })?;
 
@@ -219,6 +226,62 @@ pub(crate) fn validate(
         upstreams.insert(name.clone(), up);
     }
 
+    let mut rate_limits = BTreeMap::new();
+    for (name, r) in &raw.rate_limits {
+        let rl = ctx.scoped(PathSeg::Key("rate_limits".into()), |c| {
+            c.scoped(PathSeg::Key(name.clone()), |c| {
+                let rate =
+                    NonZeroU32::new(r.rate).ok_or_else(|| c.err("rate", "must be at least 1"))?;
+                let per = c.duration("per", &r.per, Duration::from_secs(1))?;
+                if per.is_zero() {
+                    return Err(c.err("per", "must be longer than 0"));
+                }
+                let burst = NonZeroU32::new(r.burst.unwrap_or(r.rate))
+                    .ok_or_else(|| c.err("burst", "must be at least 1"))?;
+                Ok(RateLimit {
+                    name: name.clone(),
+                    rate,
+                    per,
+                    burst,
+                    max_keys: r.max_keys.unwrap_or(100_000).max(1),
+                })
+            })
+        })?;
+        rate_limits.insert(name.clone(), rl);
+    }
+    let mut key_sets = BTreeMap::new();
+    for (name, k) in &raw.key_sets {
+        let ks = ctx.scoped(PathSeg::Key("key_sets".into()), |c| {
+            c.scoped(PathSeg::Key(name.clone()), |c| {
+                if k.jwks_file.is_none()
+                    && k.hmac_secrets.is_empty()
+                    && k.hmac_secret_files.is_empty()
+                {
+                    return Err(c.err(
+                        "",
+                        "a key set needs `jwks_file`, `hmac_secrets` or `hmac_secret_files`",
+                    ));
+                }
+                if let Some((kid, _)) = k.hmac_secrets.iter().find(|(_, v)| v.len() < 16) {
+                    return Err(c.scoped(PathSeg::Key("hmac_secrets".into()), |c| {
+                        c.err(kid, "an HMAC secret must be at least 16 bytes")
+                    }));
+                }
+                Ok(KeySet {
+                    name: name.clone(),
+                    jwks_file: k.jwks_file.as_ref().map(|f| base_dir.join(f)),
+                    hmac_secrets: k.hmac_secrets.clone(),
+                    hmac_secret_files: k
+                        .hmac_secret_files
+                        .iter()
+                        .map(|(kid, f)| (kid.clone(), base_dir.join(f)))
+                        .collect(),
+                })
+            })
+        })?;
+        key_sets.insert(name.clone(), ks);
+    }
+
     if raw.routes.is_empty() {
         return Err(ctx.err("routes", "at least one `[[routes]]` is required"));
     }
@@ -228,7 +291,7 @@ pub(crate) fn validate(
     for (i, r) in raw.routes.iter().enumerate() {
         let route = ctx.scoped(PathSeg::Key("routes".into()), |c| {
             c.scoped(PathSeg::Index(i), |c| {
-                let route = validate_route(c, r, &upstreams)?;
+                let route = validate_route(c, r, &upstreams, &rate_limits, &key_sets, base_dir)?;
                 if !names.insert(route.name.clone()) {
                     return Err(c.err("name", format!("route name `{}` is used twice", route.name)));
                 }
@@ -252,6 +315,8 @@ pub(crate) fn validate(
         listeners,
         upstreams,
         routes: RouteTable::new(routes),
+        rate_limits,
+        key_sets,
     })
 }
 
@@ -448,10 +513,102 @@ fn validate_path(c: &Ctx, key: &str, p: &str) -> Result<(), KeyError> {
     Ok(())
 }
 
+fn validate_filter(
+    c: &mut Ctx,
+    f: &FilterConfig,
+    rate_limits: &BTreeMap<String, RateLimit>,
+    key_sets: &BTreeMap<String, KeySet>,
+    base_dir: &Path,
+) -> Result<FilterSpec, KeyError> {
+    let (source, default_name) = match (&f.module, &f.path) {
+        (Some(_), Some(_)) => return Err(c.err("path", "set `module` or `path`, not both")),
+        (None, None) => {
+            return Err(c.err(
+                "module",
+                "a filter needs `module` (first-party) or `path` (a component file)",
+            ))
+        }
+        (Some(m), None) => {
+            if m.is_empty()
+                || !m
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(c.err("module", format!("not a module name: `{m}`")));
+            }
+            (FilterSource::Module(m.clone()), m.clone())
+        }
+        (None, Some(p)) => {
+            if !p.ends_with(".wasm") {
+                return Err(c.err("path", format!("expected a `.wasm` component, got `{p}`")));
+            }
+            let path = base_dir.join(p);
+            let stem = path
+                .file_stem()
+                .map_or_else(|| p.clone(), |s| s.to_string_lossy().into_owned());
+            (FilterSource::Path(path), stem)
+        }
+    };
+    let on_error = match f.on_error.as_deref() {
+        None | Some("fail-closed") => OnError::FailClosed,
+        Some("fail-open") => OnError::FailOpen,
+        Some(other) => {
+            return Err(c.err(
+                "on_error",
+                format!("expected `fail-closed` or `fail-open`, got `{other}`"),
+            ))
+        }
+    };
+    let timeout = c.duration("timeout", &f.timeout, Duration::from_millis(20))?;
+    if timeout < Duration::from_millis(1) || timeout > Duration::from_secs(10) {
+        return Err(c.err("timeout", "must be between 1ms and 10s"));
+    }
+    let memory = c.size("memory", &f.memory, 16 << 20)?;
+    if !((1 << 20)..=(1 << 30)).contains(&memory) {
+        return Err(c.err("memory", "must be between 1MiB and 1GiB"));
+    }
+    for (i, b) in f.rate_limits.iter().enumerate() {
+        if !rate_limits.contains_key(b) {
+            return Err(c.scoped(PathSeg::Key("rate_limits".into()), |c| {
+                c.scoped(PathSeg::Index(i), |c| {
+                    c.err("", format!("no `[rate_limits.{b}]` is defined"))
+                })
+            }));
+        }
+    }
+    for (i, k) in f.key_sets.iter().enumerate() {
+        if !key_sets.contains_key(k) {
+            return Err(c.scoped(PathSeg::Key("key_sets".into()), |c| {
+                c.scoped(PathSeg::Index(i), |c| {
+                    c.err("", format!("no `[key_sets.{k}]` is defined"))
+                })
+            }));
+        }
+    }
+    let config_json = match &f.config {
+        None => "{}".to_string(),
+        Some(t) => serde_json::to_string(t)
+            .map_err(|e| c.err("config", format!("cannot be expressed as JSON: {e}")))?,
+    };
+    Ok(FilterSpec {
+        name: f.name.clone().unwrap_or(default_name),
+        source,
+        on_error,
+        timeout,
+        memory_bytes: memory as usize,
+        rate_limits: f.rate_limits.clone(),
+        key_sets: f.key_sets.clone(),
+        config_json,
+    })
+}
+
 fn validate_route(
     c: &mut Ctx,
     r: &RouteConfig,
     upstreams: &BTreeMap<String, Upstream>,
+    rate_limits: &BTreeMap<String, RateLimit>,
+    key_sets: &BTreeMap<String, KeySet>,
+    base_dir: &Path,
 ) -> Result<Route, KeyError> {
     if r.name.is_empty() {
         return Err(c.err("name", "must not be empty"));
@@ -505,6 +662,28 @@ fn validate_route(
             max_body_bytes: c.size("max_body_bytes", &l.max_body_bytes, 16 << 20)?,
         })
     })?;
+    let mut filters = Vec::new();
+    for (i, f) in r.filters.iter().enumerate() {
+        let spec = c.scoped(PathSeg::Key("filters".into()), |c| {
+            c.scoped(PathSeg::Index(i), |c| {
+                validate_filter(c, f, rate_limits, key_sets, base_dir)
+            })
+        })?;
+        if filters.iter().any(|x: &FilterSpec| x.name == spec.name) {
+            return Err(c.scoped(PathSeg::Key("filters".into()), |c| {
+                c.scoped(PathSeg::Index(i), |c| {
+                    c.err(
+                        "name",
+                        format!(
+                            "two filters on this route are named `{}`; set `name`",
+                            spec.name
+                        ),
+                    )
+                })
+            }));
+        }
+        filters.push(spec);
+    }
     Ok(Route {
         name: r.name.clone(),
         host,
@@ -514,6 +693,7 @@ fn validate_route(
         retries: r.retries.unwrap_or(1),
         timeouts,
         limits,
+        filters,
     })
 }
 

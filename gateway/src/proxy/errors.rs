@@ -19,6 +19,8 @@ pub enum Refusal {
     HeadersTooLarge,
     /// Body over the route's limit.
     BodyTooLarge,
+    /// A fail-closed filter failed (trap, timeout, memory cap, bad answer).
+    FilterFailed,
 }
 
 impl Refusal {
@@ -30,6 +32,7 @@ impl Refusal {
             Refusal::BadRequest => (400, "bad request\n"),
             Refusal::HeadersTooLarge => (431, "request header fields too large\n"),
             Refusal::BodyTooLarge => (413, "request body too large\n"),
+            Refusal::FilterFailed => (503, "service unavailable: a filter failed\n"),
         }
     }
 
@@ -38,7 +41,7 @@ impl Refusal {
     pub fn closes_connection(self) -> bool {
         match self {
             Refusal::BadFraming | Refusal::BodyTooLarge | Refusal::HeadersTooLarge => true,
-            Refusal::NoRoute | Refusal::BadRequest => false,
+            Refusal::NoRoute | Refusal::BadRequest | Refusal::FilterFailed => false,
         }
     }
 }

@@ -18,6 +18,8 @@
 pub mod errors;
 mod headers;
 
+use crate::filter_host::apply::{self, RequestPhase};
+use crate::filter_host::RequestFacts;
 use crate::state::{Generation, Shared};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -42,6 +44,10 @@ pub struct RequestCtx {
     attempts: u32,
     body_bytes: u64,
     refusal: Option<Refusal>,
+    /// Set when the route has filters: what they may read and what they set.
+    facts: Option<RequestFacts>,
+    /// Normalised host the request was routed by.
+    authority: String,
 }
 
 impl RequestCtx {
@@ -61,6 +67,49 @@ impl EdgeProxy {
     pub fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
     }
+
+    /// Answers a refused request and ends it.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        refusal: Refusal,
+    ) -> Result<bool> {
+        let (status, body) = refusal.response();
+        ctx.refusal = Some(refusal);
+        // An unread request body would be taken for the next request.
+        let close = refusal.closes_connection() || !session.is_body_empty();
+        let id_header = ctx.generation.hot.request_id_header.clone();
+        respond(session, status, body, &ctx.request_id, &id_header, close).await?;
+        Ok(true)
+    }
+}
+
+/// Writes a response a filter answered with.
+async fn respond_filter(
+    session: &mut Session,
+    answer: apply::FilterResponse,
+    request_id: &str,
+    request_id_header: &http::HeaderName,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(answer.status, Some(answer.headers.len() + 3))?;
+    for (name, value) in answer.headers {
+        resp.append_header(name, value)?;
+    }
+    resp.insert_header(http::header::CONTENT_LENGTH, answer.body.len().to_string())?;
+    resp.insert_header(request_id_header.clone(), request_id)?;
+    if !session.is_body_empty() {
+        session.set_keepalive(None);
+    }
+    session
+        .write_response_header(Box::new(resp), answer.body.is_empty())
+        .await?;
+    if !answer.body.is_empty() {
+        session
+            .write_response_body(Some(Bytes::from(answer.body)), true)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Writes a short plain-text response and ends the exchange.
@@ -117,6 +166,8 @@ impl ProxyHttp for EdgeProxy {
             attempts: 0,
             body_bytes: 0,
             refusal: None,
+            facts: None,
+            authority: String::new(),
         }
     }
 
@@ -136,14 +187,61 @@ impl ProxyHttp for EdgeProxy {
                 headers::check_limits(session, route)
             });
         if let Err(refusal) = refusal {
-            let (status, body) = refusal.response();
-            ctx.refusal = Some(refusal);
-            // An unread request body would be taken for the next request.
-            let close = refusal.closes_connection() || !session.is_body_empty();
-            respond(session, status, body, &ctx.request_id, &id_header, close).await?;
-            return Ok(true);
+            return self.refuse(session, ctx, refusal).await;
         }
-        Ok(false)
+        let generation = Arc::clone(&ctx.generation);
+        let Some(route_id) = ctx.route else {
+            return Ok(false);
+        };
+        let Some(chain) = generation.route_filters.get(route_id) else {
+            return Ok(false);
+        };
+        if chain.filters.is_empty() {
+            return Ok(false);
+        }
+        let req = session.req_header();
+        let host = req
+            .uri
+            .host()
+            .or_else(|| {
+                req.headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+            .unwrap_or_default();
+        ctx.authority = policies::route::normalize_host(host).into_owned();
+        let mut facts = RequestFacts {
+            client_ip: client_ip(session)
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
+            tls_sni: None,
+            route: ctx.route().map(|r| r.name.clone()).unwrap_or_default(),
+            pop: generation.config.pop_name.clone(),
+            request_id: ctx.request_id.clone(),
+            principal: None,
+            labels: Vec::new(),
+        };
+        let outcome = if chain.has_request_phase() {
+            apply::run_request_phase(
+                chain,
+                &mut facts,
+                session.req_header_mut(),
+                &ctx.authority,
+                &self.shared.metrics,
+            )
+            .await
+        } else {
+            Ok(RequestPhase::Continue)
+        };
+        ctx.facts = Some(facts);
+        match outcome {
+            Ok(RequestPhase::Continue) => Ok(false),
+            Ok(RequestPhase::Respond(answer)) => {
+                respond_filter(session, answer, &ctx.request_id, &id_header).await?;
+                Ok(true)
+            }
+            Err(_) => self.refuse(session, ctx, Refusal::FilterFailed).await,
+        }
     }
 
     async fn request_body_filter(
@@ -318,6 +416,30 @@ impl ProxyHttp for EdgeProxy {
         let via = headers::via_appended(&resp.headers, hop);
         resp.insert_header(http::header::VIA, via)?;
         resp.insert_header(hot.request_id_header.clone(), ctx.request_id.as_str())?;
+        let generation = Arc::clone(&ctx.generation);
+        if let (Some(facts), Some(chain)) = (
+            ctx.facts.as_ref(),
+            ctx.route.and_then(|id| generation.route_filters.get(id)),
+        ) {
+            if chain.has_response_phase() {
+                let outcome = apply::run_response_phase(
+                    chain,
+                    facts,
+                    session.req_header(),
+                    &ctx.authority,
+                    resp,
+                    &self.shared.metrics,
+                )
+                .await;
+                if outcome.is_err() {
+                    ctx.refusal = Some(Refusal::FilterFailed);
+                    return Error::e_explain(
+                        HTTPStatus(503),
+                        "a fail-closed response filter failed",
+                    );
+                }
+            }
+        }
         Ok(())
     }
 
@@ -386,6 +508,7 @@ impl ProxyHttp for EdgeProxy {
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 attempts = ctx.attempts,
                 request_id = %ctx.request_id,
+                principal = ctx.facts.as_ref().and_then(|f| f.principal.as_deref()).unwrap_or("-"),
                 error = e.map(|e| e.etype().as_str()).unwrap_or(""),
             );
         }

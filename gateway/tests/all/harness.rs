@@ -366,3 +366,32 @@ upstream = "app"
         list.join(", ")
     )
 }
+
+/// Builds the guest components (`filters/`, for wasm32-wasip2) once per test
+/// run and returns the directory holding the `.wasm` files.
+pub fn guest_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap();
+        let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../wasm-guests");
+        // Run from `filters/` so its `.cargo/config.toml` applies; name the
+        // target too, in case a parent config overrides it.
+        let status = std::process::Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "--target",
+                "wasm32-wasip2",
+            ])
+            .current_dir(repo.join("filters"))
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("RUSTFLAGS")
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the filter components failed");
+        target.join("wasm32-wasip2/release")
+    })
+}

@@ -5,6 +5,7 @@
 
 mod harness;
 
+mod filters;
 mod health;
 mod process;
 mod proxy;

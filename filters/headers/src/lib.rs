@@ -1,0 +1,100 @@
+//! First-party filter `headers`: add, set and remove request and response
+//! headers. Values may use `{pop}`, `{route}`, `{request_id}`,
+//! `{client_ip}` and `{principal}`.
+//!
+//! ```toml
+//! [[routes.filters]]
+//! module = "headers"
+//! config.request.set = { "x-edge-pop" = "{pop}" }
+//! config.request.remove = ["x-internal-debug"]
+//! config.response.set = { "strict-transport-security" = "max-age=31536000" }
+//! config.response.append = { "x-served-by" = "{pop}" }
+//! ```
+
+use edgegate_filter_sdk::{
+    context, export_filter, log, render, Filter, Header, HeaderEdits, Phases, Request,
+    RequestDecision, RequestEdits, ResponseDecision, ResponseEdits, ResponseHead,
+};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Edits {
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    #[serde(default)]
+    append: BTreeMap<String, String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+impl Edits {
+    fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.append.is_empty() && self.remove.is_empty()
+    }
+
+    fn render(&self) -> HeaderEdits {
+        let pairs = |m: &BTreeMap<String, String>| {
+            m.iter().map(|(k, v)| Header::new(k, render(v))).collect()
+        };
+        HeaderEdits {
+            remove: self.remove.iter().map(|n| n.to_ascii_lowercase()).collect(),
+            set: pairs(&self.set),
+            append: pairs(&self.append),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    request: Edits,
+    #[serde(default)]
+    response: Edits,
+}
+
+/// The route's config. It was validated when the filter loaded (a bad one
+/// fails `phases`, so the config load), so later calls cannot fail.
+fn config() -> Config {
+    match serde_json::from_str(&context::config()) {
+        Ok(c) => c,
+        Err(e) => {
+            log::write(log::Level::Error, &format!("invalid `headers` config: {e}"));
+            panic!("invalid `headers` config: {e}");
+        }
+    }
+}
+
+struct Headers;
+
+impl Filter for Headers {
+    fn phases() -> Phases {
+        let c = config();
+        let mut p = Phases::empty();
+        if !c.request.is_empty() {
+            p |= Phases::REQUEST_HEAD;
+        }
+        if !c.response.is_empty() {
+            p |= Phases::RESPONSE_HEAD;
+        }
+        p
+    }
+
+    fn on_request(_request: Request) -> RequestDecision {
+        RequestDecision::Edit(RequestEdits {
+            headers: config().request.render(),
+            ..Default::default()
+        })
+    }
+
+    fn on_response(_request: Request, _response: ResponseHead) -> ResponseDecision {
+        ResponseDecision::Edit(ResponseEdits {
+            headers: config().response.render(),
+            ..Default::default()
+        })
+    }
+}
+
+export_filter!(Headers);

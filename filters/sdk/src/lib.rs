@@ -1,0 +1,281 @@
+//! Write edgegate filters in Rust.
+//!
+//! A filter is a WebAssembly component that edgegate runs on a route, in
+//! order with the route's other filters, with a fresh instance for every
+//! request and under the route's CPU deadline and memory cap. This crate
+//! wraps the WIT contract `edgegate:filter@0.1.0` (`filters/wit/filter.wit`)
+//! in one trait and one macro.
+//!
+//! # Quick start
+//!
+//! ```toml
+//! # Cargo.toml
+//! [lib]
+//! crate-type = ["cdylib"]
+//! [dependencies]
+//! edgegate-filter-sdk = { path = "../sdk" }
+//! ```
+//!
+//! ```ignore
+//! use edgegate_filter_sdk::{export_filter, Filter, Phases, Request, RequestDecision, Response};
+//!
+//! struct DenyAdmin;
+//!
+//! impl Filter for DenyAdmin {
+//!     fn phases() -> Phases {
+//!         Phases::REQUEST_HEAD
+//!     }
+//!
+//!     fn on_request(req: Request) -> RequestDecision {
+//!         if req.path_and_query.starts_with("/admin") {
+//!             return RequestDecision::Respond(Response::text(403, "forbidden\n"));
+//!         }
+//!         RequestDecision::Continue
+//!     }
+//! }
+//!
+//! export_filter!(DenyAdmin);
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2`; the `.wasm`
+//! in `target/wasm32-wasip2/release/` is the component. Attach it to a route:
+//!
+//! ```toml
+//! [[routes]]
+//! name = "api"
+//! upstream = "app"
+//! [[routes.filters]]
+//! path = "deny_admin.wasm"
+//! ```
+//!
+//! Test it locally under production limits with
+//! `edgegate filter test --component deny_admin.wasm --request req.http`.
+//!
+//! # What a filter can reach
+//!
+//! Only the host: [`log`], [`clock`], [`context`] (client IP, route, request
+//! id, its own config as JSON, the principal set by earlier filters), and,
+//! when the route grants them, [`rate_limit`] (host-held GCRA buckets) and
+//! [`crypto`] (signature checks by the host with host-held keys). No files,
+//! no sockets. Nothing survives the request: keep state in the host.
+
+#![deny(missing_docs)]
+
+/// The generated bindings of `edgegate:filter@0.1.0` (for the export macro).
+#[doc(hidden)]
+pub mod bindings {
+    #![allow(missing_docs, clippy::too_many_arguments)]
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "filter",
+        pub_export_macro: true,
+        export_macro_name: "__export_filter_world",
+        default_bindings_module: "edgegate_filter_sdk::bindings",
+    });
+}
+
+use bindings::edgegate::filter::types;
+
+pub use types::{
+    BodyDecision, BodyReplacement, Header, HeaderEdits, LogLevel, Phases, RequestDecision,
+    RequestEdits, RequestHead as Request, Response, ResponseDecision, ResponseEdits, ResponseHead,
+};
+
+/// Logging into the gateway's log (tagged with route and filter).
+pub mod log {
+    pub use crate::bindings::edgegate::filter::log::write;
+    pub use crate::types::LogLevel as Level;
+}
+
+/// Wall-clock time.
+pub mod clock {
+    pub use crate::bindings::edgegate::filter::clock::now_unix_ms;
+}
+
+/// Facts about the request being served, and this filter's config.
+pub mod context {
+    pub use crate::bindings::edgegate::filter::context::*;
+}
+
+/// Host-held rate-limit buckets (granted per route).
+pub mod rate_limit {
+    pub use crate::bindings::edgegate::filter::rate_limit::*;
+}
+
+/// Signature verification by the host (granted per route).
+pub mod crypto {
+    pub use crate::bindings::edgegate::filter::crypto::*;
+}
+
+/// A filter. Implement the phases you list in [`Filter::phases`]; the
+/// others are never called.
+pub trait Filter {
+    /// The phases this filter takes part in. Called once when the gateway
+    /// loads the filter; [`context::config`] is readable here, so the answer
+    /// may depend on the route's configuration.
+    fn phases() -> Phases;
+
+    /// Runs for each request, before the cache and the upstream.
+    fn on_request(_request: Request) -> RequestDecision {
+        RequestDecision::Continue
+    }
+
+    /// Runs for each response head, in reverse route order.
+    fn on_response(_request: Request, _response: ResponseHead) -> ResponseDecision {
+        ResponseDecision::Continue
+    }
+
+    /// Runs with the whole response body (only with [`Phases::RESPONSE_BODY`]).
+    fn on_response_body(
+        _request: Request,
+        _response: ResponseHead,
+        _body: Vec<u8>,
+    ) -> BodyDecision {
+        BodyDecision::Continue
+    }
+}
+
+/// Exports `$t` (a type implementing [`Filter`]) as the component's filter.
+#[macro_export]
+macro_rules! export_filter {
+    ($t:ty) => {
+        #[doc(hidden)]
+        pub struct __EdgegateFilterExport;
+
+        impl $crate::bindings::Guest for __EdgegateFilterExport {
+            fn phases() -> $crate::Phases {
+                <$t as $crate::Filter>::phases()
+            }
+            fn on_request(request: $crate::Request) -> $crate::RequestDecision {
+                <$t as $crate::Filter>::on_request(request)
+            }
+            fn on_response(request: $crate::Request, response: $crate::ResponseHead) -> $crate::ResponseDecision {
+                <$t as $crate::Filter>::on_response(request, response)
+            }
+            fn on_response_body(
+                request: $crate::Request,
+                response: $crate::ResponseHead,
+                body: ::std::vec::Vec<u8>,
+            ) -> $crate::BodyDecision {
+                <$t as $crate::Filter>::on_response_body(request, response, body)
+            }
+        }
+
+        $crate::bindings::__export_filter_world!(__EdgegateFilterExport with_types_in $crate::bindings);
+    };
+}
+
+impl Request {
+    /// The first value of header `name` (lower case), if present.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.value.as_slice())
+    }
+
+    /// The first value of header `name` as UTF-8 text.
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The path without the query.
+    pub fn path(&self) -> &str {
+        self.path_and_query
+            .split_once('?')
+            .map_or(self.path_and_query.as_str(), |(p, _)| p)
+    }
+
+    /// The value of query parameter `name` (not percent-decoded).
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        let (_, query) = self.path_and_query.split_once('?')?;
+        query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then_some(v)
+        })
+    }
+}
+
+impl Header {
+    /// A header from a name and text value.
+    pub fn new(name: &str, value: impl AsRef<[u8]>) -> Self {
+        Header {
+            name: name.to_ascii_lowercase(),
+            value: value.as_ref().to_vec(),
+        }
+    }
+}
+
+// Generated types: `derive` is not available to us here.
+#[allow(clippy::derivable_impls)]
+impl Default for HeaderEdits {
+    fn default() -> Self {
+        HeaderEdits {
+            remove: Vec::new(),
+            set: Vec::new(),
+            append: Vec::new(),
+        }
+    }
+}
+
+// Generated types: `derive` is not available to us here.
+#[allow(clippy::derivable_impls)]
+impl Default for RequestEdits {
+    fn default() -> Self {
+        RequestEdits {
+            headers: HeaderEdits::default(),
+            rewrite_path: None,
+            principal: None,
+            labels: Vec::new(),
+        }
+    }
+}
+
+// Generated types: `derive` is not available to us here.
+#[allow(clippy::derivable_impls)]
+impl Default for ResponseEdits {
+    fn default() -> Self {
+        ResponseEdits {
+            status: None,
+            headers: HeaderEdits::default(),
+        }
+    }
+}
+
+impl Response {
+    /// A `text/plain` response.
+    pub fn text(status: u16, body: &str) -> Self {
+        Response {
+            status,
+            headers: vec![Header::new("content-type", "text/plain; charset=utf-8")],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
+        self.headers.push(Header::new(name, value));
+        self
+    }
+}
+
+/// Replaces `{pop}`, `{route}`, `{request_id}`, `{client_ip}` and
+/// `{principal}` in `template` with this request's values.
+pub fn render(template: &str) -> String {
+    if !template.contains('{') {
+        return template.to_string();
+    }
+    let mut out = template.to_string();
+    for (key, value) in [
+        ("{pop}", context::pop_name()),
+        ("{route}", context::route_name()),
+        ("{request_id}", context::request_id()),
+        ("{client_ip}", context::client_ip()),
+        ("{principal}", context::principal().unwrap_or_default()),
+    ] {
+        if out.contains(key) {
+            out = out.replace(key, &value);
+        }
+    }
+    out
+}

@@ -1,0 +1,298 @@
+//! Running a route's filter chain on Pingora's request and response heads,
+//! and applying the decisions.
+
+use super::bindings::types as wit;
+use super::{FailureKind, FilterChain, FilterFailure, Phases, RequestFacts};
+use crate::metrics::Metrics;
+use http::{HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use std::sync::Arc;
+
+/// Framing and hop-by-hop headers belong to the host; a filter editing them
+/// gives a bad answer (they would desynchronise message framing).
+fn reserved(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "proxy-connection"
+    )
+}
+
+fn parse_name(name: &str) -> Result<HeaderName, String> {
+    let n = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("invalid header name `{name}`"))?;
+    if reserved(&n) {
+        return Err(format!("header `{name}` is managed by the gateway"));
+    }
+    Ok(n)
+}
+
+fn parse_value(v: &[u8]) -> Result<HeaderValue, String> {
+    HeaderValue::from_bytes(v).map_err(|_| "invalid header value".to_string())
+}
+
+/// The WIT view of a request head.
+fn request_head(req: &RequestHeader, authority: &str) -> wit::RequestHead {
+    wit::RequestHead {
+        method: req.method.as_str().to_string(),
+        path_and_query: req
+            .uri
+            .path_and_query()
+            .map_or_else(|| req.uri.path().to_string(), |p| p.as_str().to_string()),
+        authority: authority.to_string(),
+        headers: req
+            .headers
+            .iter()
+            .map(|(k, v)| wit::Header {
+                name: k.as_str().to_string(),
+                value: v.as_bytes().to_vec(),
+            })
+            .collect(),
+    }
+}
+
+fn response_head(resp: &ResponseHeader) -> wit::ResponseHead {
+    wit::ResponseHead {
+        status: resp.status.as_u16(),
+        headers: resp
+            .headers
+            .iter()
+            .map(|(k, v)| wit::Header {
+                name: k.as_str().to_string(),
+                value: v.as_bytes().to_vec(),
+            })
+            .collect(),
+    }
+}
+
+/// Header edits against any Pingora header type.
+trait Headers {
+    fn remove(&mut self, name: &HeaderName);
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<()>;
+    fn append(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<()>;
+}
+
+impl Headers for RequestHeader {
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<()> {
+        self.insert_header(name, value)
+    }
+    fn append(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<()> {
+        self.append_header(name, value).map(|_| ())
+    }
+}
+
+impl Headers for ResponseHeader {
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<()> {
+        self.insert_header(name, value)
+    }
+    fn append(&mut self, name: HeaderName, value: HeaderValue) -> pingora::Result<()> {
+        self.append_header(name, value).map(|_| ())
+    }
+}
+
+fn apply_headers(target: &mut impl Headers, edits: &wit::HeaderEdits) -> Result<(), String> {
+    for name in &edits.remove {
+        target.remove(&parse_name(name)?);
+    }
+    for h in &edits.set {
+        target
+            .set(parse_name(&h.name)?, parse_value(&h.value)?)
+            .map_err(|e| e.to_string())?;
+    }
+    for h in &edits.append {
+        target
+            .append(parse_name(&h.name)?, parse_value(&h.value)?)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn apply_request_edits(
+    req: &mut RequestHeader,
+    edits: &wit::RequestEdits,
+    facts: &mut RequestFacts,
+) -> Result<(), String> {
+    apply_headers(req, &edits.headers)?;
+    if let Some(path) = &edits.rewrite_path {
+        if !path.starts_with('/') {
+            return Err(format!("rewrite-path must start with `/`, got `{path}`"));
+        }
+        let uri: http::Uri = path
+            .parse()
+            .map_err(|_| format!("invalid rewrite-path `{path}`"))?;
+        req.set_uri(uri);
+    }
+    if let Some(p) = &edits.principal {
+        facts.principal = Some(p.clone());
+    }
+    facts.labels.extend(edits.labels.iter().cloned());
+    Ok(())
+}
+
+/// A response a filter answered with.
+pub struct FilterResponse {
+    /// Status.
+    pub status: u16,
+    /// Headers (validated).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+fn validate_response(r: wit::Response) -> Result<FilterResponse, String> {
+    if !(100..=599).contains(&r.status) {
+        return Err(format!("status {} is not an HTTP status", r.status));
+    }
+    let headers = r
+        .headers
+        .iter()
+        .map(|h| Ok((parse_name(&h.name)?, parse_value(&h.value)?)))
+        .collect::<Result<_, String>>()?;
+    Ok(FilterResponse {
+        status: r.status,
+        headers,
+        body: r.body,
+    })
+}
+
+/// How the request phase ended.
+pub enum RequestPhase {
+    /// Go on to the upstream.
+    Continue,
+    /// A filter answered.
+    Respond(FilterResponse),
+}
+
+fn count(metrics: &Metrics, route: &str, filter: &str, decision: &str) {
+    metrics
+        .filter_decisions
+        .with_label_values(&[route, filter, decision])
+        .inc();
+}
+
+fn failed(metrics: &Metrics, route: &str, f: &FilterFailure) {
+    metrics
+        .filter_errors
+        .with_label_values(&[route, f.filter.as_str(), f.kind.as_str()])
+        .inc();
+    tracing::warn!(route, filter = %f.filter, kind = f.kind.as_str(), detail = %f.detail, "filter failed");
+}
+
+/// Runs the chain's request phase, editing `req` and `facts` as filters ask.
+/// `Err` when a fail-closed filter failed.
+pub async fn run_request_phase(
+    chain: &FilterChain,
+    facts: &mut RequestFacts,
+    req: &mut RequestHeader,
+    authority: &str,
+    metrics: &Metrics,
+) -> Result<RequestPhase, FilterFailure> {
+    let route = facts.route.clone();
+    for filter in chain
+        .filters
+        .iter()
+        .filter(|f| f.phases.contains(Phases::REQUEST_HEAD))
+    {
+        let head = request_head(req, authority);
+        let result = filter
+            .on_request(Arc::new(facts.clone()), &head, metrics)
+            .await;
+        let outcome = result.and_then(|decision| match decision {
+            wit::RequestDecision::Continue => {
+                count(metrics, &route, &filter.spec.name, "continue");
+                Ok(None)
+            }
+            wit::RequestDecision::Edit(edits) => {
+                count(metrics, &route, &filter.spec.name, "edit");
+                apply_request_edits(req, &edits, facts)
+                    .map(|_| None)
+                    .map_err(|detail| bad_answer(&filter.spec.name, detail))
+            }
+            wit::RequestDecision::Respond(r) => {
+                count(metrics, &route, &filter.spec.name, "respond");
+                validate_response(r)
+                    .map(Some)
+                    .map_err(|detail| bad_answer(&filter.spec.name, detail))
+            }
+        });
+        match outcome {
+            Ok(None) => {}
+            Ok(Some(response)) => return Ok(RequestPhase::Respond(response)),
+            Err(failure) => {
+                failed(metrics, &route, &failure);
+                if filter.fails_closed() {
+                    return Err(failure);
+                }
+            }
+        }
+    }
+    Ok(RequestPhase::Continue)
+}
+
+fn bad_answer(filter: &str, detail: String) -> FilterFailure {
+    FilterFailure {
+        filter: filter.to_string(),
+        kind: FailureKind::BadAnswer,
+        detail,
+    }
+}
+
+/// Runs the chain's response phase (reverse order) on `resp`.
+pub async fn run_response_phase(
+    chain: &FilterChain,
+    facts: &RequestFacts,
+    req: &RequestHeader,
+    authority: &str,
+    resp: &mut ResponseHeader,
+    metrics: &Metrics,
+) -> Result<(), FilterFailure> {
+    let facts = Arc::new(facts.clone());
+    let request = &request_head(req, authority);
+    for filter in chain
+        .filters
+        .iter()
+        .rev()
+        .filter(|f| f.phases.contains(Phases::RESPONSE_HEAD))
+    {
+        let head = response_head(resp);
+        let result = filter
+            .on_response(Arc::clone(&facts), request, &head, metrics)
+            .await;
+        let outcome = result.and_then(|decision| match decision {
+            wit::ResponseDecision::Continue => {
+                count(metrics, &facts.route, &filter.spec.name, "continue");
+                Ok(())
+            }
+            wit::ResponseDecision::Edit(edits) => {
+                count(metrics, &facts.route, &filter.spec.name, "edit");
+                let mut apply = || {
+                    if let Some(status) = edits.status {
+                        resp.set_status(status)
+                            .map_err(|_| format!("invalid status {status}"))?;
+                    }
+                    apply_headers(resp, &edits.headers)
+                };
+                apply().map_err(|detail| bad_answer(&filter.spec.name, detail))
+            }
+        });
+        if let Err(failure) = outcome {
+            failed(metrics, &facts.route, &failure);
+            if filter.fails_closed() {
+                return Err(failure);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! Key sets for host-side signature checks (`edgegate:filter/crypto`).
+//!
+//! Keys come from a JWKS document (RSA, EC P-256/P-384, Ed25519, `oct`) and
+//! from HMAC secrets in the config or in files; verification is `ring`'s.
+//! Guests never see key material, only verdicts.
+
+use base64::Engine as _;
+use policies::KeySet;
+use ring::signature::{self, UnparsedPublicKey};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Why a key set could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("key set `{set}`: {reason}")]
+pub struct KeyLoadError {
+    set: String,
+    reason: String,
+}
+
+/// Why a signature was not verified (mirrors the WIT `verify-error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyError {
+    /// Key set not granted / not defined.
+    UnknownKeySet,
+    /// No matching key.
+    UnknownKey,
+    /// Algorithm unknown or unfit for the key.
+    UnsupportedAlgorithm,
+    /// Keys not available.
+    KeysUnavailable,
+    /// Signature invalid.
+    BadSignature,
+}
+
+#[derive(Debug)]
+enum Key {
+    Hmac(Vec<u8>),
+    Rsa { n: Vec<u8>, e: Vec<u8> },
+    Ec { curve: Curve, point: Vec<u8> },
+    Ed25519(Vec<u8>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Curve {
+    P256,
+    P384,
+}
+
+/// The keys of one set, by key id.
+#[derive(Debug, Default)]
+pub struct Keys {
+    by_id: HashMap<String, Key>,
+    /// Keys without a `kid`, tried when the token names none.
+    anonymous: Vec<Key>,
+}
+
+fn b64(s: &str) -> Result<Vec<u8>, String> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .map_err(|e| format!("bad base64url: {e}"))
+}
+
+fn jwk(v: &serde_json::Value) -> Result<Key, String> {
+    let field = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str())
+            .ok_or_else(|| format!("missing `{k}`"))
+            .and_then(b64)
+    };
+    match v.get("kty").and_then(|k| k.as_str()) {
+        Some("RSA") => Ok(Key::Rsa {
+            n: field("n")?,
+            e: field("e")?,
+        }),
+        Some("EC") => {
+            let curve = match v.get("crv").and_then(|c| c.as_str()) {
+                Some("P-256") => Curve::P256,
+                Some("P-384") => Curve::P384,
+                other => return Err(format!("unsupported EC curve {other:?}")),
+            };
+            let mut point = vec![4u8];
+            point.extend(field("x")?);
+            point.extend(field("y")?);
+            Ok(Key::Ec { curve, point })
+        }
+        Some("OKP") if v.get("crv").and_then(|c| c.as_str()) == Some("Ed25519") => {
+            Ok(Key::Ed25519(field("x")?))
+        }
+        Some("oct") => Ok(Key::Hmac(field("k")?)),
+        other => Err(format!("unsupported key type {other:?}")),
+    }
+}
+
+impl Keys {
+    /// Loads a key set's files and secrets (blocking I/O: config load only).
+    pub fn load(set: &KeySet) -> Result<Self, KeyLoadError> {
+        let err = |reason: String| KeyLoadError {
+            set: set.name.clone(),
+            reason,
+        };
+        let mut keys = Keys::default();
+        if let Some(path) = &set.jwks_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| err(format!("{}: {e}", path.display())))?;
+            let doc: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| err(format!("{}: not JSON: {e}", path.display())))?;
+            let list = doc
+                .get("keys")
+                .and_then(|k| k.as_array())
+                .ok_or_else(|| err(format!("{}: no `keys` array", path.display())))?;
+            for (i, k) in list.iter().enumerate() {
+                let key = jwk(k).map_err(|r| err(format!("{}: key {i}: {r}", path.display())))?;
+                match k.get("kid").and_then(|x| x.as_str()) {
+                    Some(kid) => {
+                        keys.by_id.insert(kid.to_string(), key);
+                    }
+                    None => keys.anonymous.push(key),
+                }
+            }
+        }
+        for (kid, secret) in &set.hmac_secrets {
+            keys.by_id
+                .insert(kid.clone(), Key::Hmac(secret.as_bytes().to_vec()));
+        }
+        for (kid, path) in &set.hmac_secret_files {
+            let mut secret =
+                std::fs::read(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+            while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                secret.pop();
+            }
+            if secret.len() < 16 {
+                return Err(err(format!(
+                    "{}: an HMAC secret must be at least 16 bytes",
+                    path.display()
+                )));
+            }
+            keys.by_id.insert(kid.clone(), Key::Hmac(secret));
+        }
+        Ok(keys)
+    }
+
+    /// Verifies `sig` over `msg` with key `kid` (or any anonymous key) and JWS `alg`.
+    pub fn verify(
+        &self,
+        kid: Option<&str>,
+        alg: &str,
+        msg: &[u8],
+        sig: &[u8],
+    ) -> Result<(), VerifyError> {
+        let candidates: Vec<&Key> = match kid {
+            Some(id) => vec![self.by_id.get(id).ok_or(VerifyError::UnknownKey)?],
+            None if !self.anonymous.is_empty() => self.anonymous.iter().collect(),
+            // No kid and no anonymous key: a set with exactly one key may be used.
+            None if self.by_id.len() == 1 => self.by_id.values().collect(),
+            None => return Err(VerifyError::UnknownKey),
+        };
+        let mut last = VerifyError::UnknownKey;
+        for key in candidates {
+            match verify_one(key, alg, msg, sig) {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
+fn verify_one(key: &Key, alg: &str, msg: &[u8], sig: &[u8]) -> Result<(), VerifyError> {
+    use VerifyError::{BadSignature, UnsupportedAlgorithm};
+    match (key, alg) {
+        (Key::Hmac(secret), "HS256" | "HS384" | "HS512") => {
+            let algo = match alg {
+                "HS256" => ring::hmac::HMAC_SHA256,
+                "HS384" => ring::hmac::HMAC_SHA384,
+                _ => ring::hmac::HMAC_SHA512,
+            };
+            ring::hmac::verify(&ring::hmac::Key::new(algo, secret), msg, sig)
+                .map_err(|_| BadSignature)
+        }
+        (Key::Rsa { n, e }, "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512") => {
+            let params: &signature::RsaParameters = match alg {
+                "RS256" => &signature::RSA_PKCS1_2048_8192_SHA256,
+                "RS384" => &signature::RSA_PKCS1_2048_8192_SHA384,
+                "RS512" => &signature::RSA_PKCS1_2048_8192_SHA512,
+                "PS256" => &signature::RSA_PSS_2048_8192_SHA256,
+                "PS384" => &signature::RSA_PSS_2048_8192_SHA384,
+                _ => &signature::RSA_PSS_2048_8192_SHA512,
+            };
+            signature::RsaPublicKeyComponents { n, e }
+                .verify(params, msg, sig)
+                .map_err(|_| BadSignature)
+        }
+        (
+            Key::Ec {
+                curve: Curve::P256,
+                point,
+            },
+            "ES256",
+        ) => UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
+            .verify(msg, sig)
+            .map_err(|_| BadSignature),
+        (
+            Key::Ec {
+                curve: Curve::P384,
+                point,
+            },
+            "ES384",
+        ) => UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, point)
+            .verify(msg, sig)
+            .map_err(|_| BadSignature),
+        (Key::Ed25519(x), "EdDSA") => UnparsedPublicKey::new(&signature::ED25519, x)
+            .verify(msg, sig)
+            .map_err(|_| BadSignature),
+        _ => Err(UnsupportedAlgorithm),
+    }
+}
+
+/// Every key set of a config generation.
+#[derive(Default, Clone)]
+pub struct KeyRing {
+    sets: HashMap<String, Arc<Keys>>,
+}
+
+impl KeyRing {
+    /// Loads every set.
+    pub fn load<'a>(sets: impl IntoIterator<Item = &'a KeySet>) -> Result<Self, KeyLoadError> {
+        let sets = sets
+            .into_iter()
+            .map(|s| Keys::load(s).map(|k| (s.name.clone(), Arc::new(k))))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { sets })
+    }
+
+    /// Verifies with set `set`.
+    pub fn verify(
+        &self,
+        set: &str,
+        kid: Option<&str>,
+        alg: &str,
+        msg: &[u8],
+        sig: &[u8],
+    ) -> Result<(), VerifyError> {
+        self.sets
+            .get(set)
+            .ok_or(VerifyError::UnknownKeySet)?
+            .verify(kid, alg, msg, sig)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::signature::KeyPair;
+
+    #[test]
+    fn hmac_and_ed25519_and_es256() {
+        let mut keys = Keys::default();
+        keys.by_id
+            .insert("h".into(), Key::Hmac(b"0123456789abcdef0123".to_vec()));
+        let tag = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"0123456789abcdef0123"),
+            b"msg",
+        );
+        assert_eq!(
+            keys.verify(Some("h"), "HS256", b"msg", tag.as_ref()),
+            Ok(())
+        );
+        assert_eq!(
+            keys.verify(Some("h"), "HS256", b"msg2", tag.as_ref()),
+            Err(VerifyError::BadSignature)
+        );
+        assert_eq!(
+            keys.verify(Some("h"), "RS256", b"msg", tag.as_ref()),
+            Err(VerifyError::UnsupportedAlgorithm)
+        );
+        assert_eq!(
+            keys.verify(Some("x"), "HS256", b"msg", tag.as_ref()),
+            Err(VerifyError::UnknownKey)
+        );
+
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let ed = signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        keys.by_id
+            .insert("ed".into(), Key::Ed25519(ed.public_key().as_ref().to_vec()));
+        assert_eq!(
+            keys.verify(Some("ed"), "EdDSA", b"m", ed.sign(b"m").as_ref()),
+            Ok(())
+        );
+
+        let pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &rng,
+        )
+        .unwrap();
+        let ec = signature::EcdsaKeyPair::from_pkcs8(
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            pkcs8.as_ref(),
+            &rng,
+        )
+        .unwrap();
+        let point = ec.public_key().as_ref().to_vec();
+        let jwk_json = serde_json::json!({
+            "kty": "EC", "crv": "P-256", "kid": "ec1",
+            "x": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&point[1..33]),
+            "y": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&point[33..]),
+        });
+        keys.by_id.insert("ec1".into(), jwk(&jwk_json).unwrap());
+        let sig = ec.sign(&rng, b"payload").unwrap();
+        assert_eq!(
+            keys.verify(Some("ec1"), "ES256", b"payload", sig.as_ref()),
+            Ok(())
+        );
+        assert_eq!(
+            keys.verify(Some("ec1"), "ES384", b"payload", sig.as_ref()),
+            Err(VerifyError::UnsupportedAlgorithm)
+        );
+    }
+}
