@@ -489,14 +489,50 @@ pub struct FilterSet {
     keys: KeyRing,
 }
 
-/// Resolves a filter's component file.
-pub fn component_path(spec: &FilterSpec, filter_dir: &Path) -> PathBuf {
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/embedded_filters.rs"));
+}
+
+/// The first-party filters built into this binary.
+pub fn embedded_modules() -> impl Iterator<Item = &'static str> {
+    embedded::EMBEDDED.iter().map(|(name, _)| *name)
+}
+
+/// The bytes of a filter's component and where they came from: a tenant
+/// file, a first-party module installed in the filter directory (which
+/// overrides the built-in one), or the module built into this binary.
+fn component_bytes(
+    spec: &FilterSpec,
+    filter_dir: &Path,
+) -> Result<(Vec<u8>, PathBuf), FilterLoadError> {
+    let read = |path: PathBuf| match std::fs::read(&path) {
+        Ok(b) => Ok((b, path)),
+        Err(e) => Err(FilterLoadError::Read {
+            name: spec.name.clone(),
+            path,
+            reason: e.to_string(),
+        }),
+    };
     match &spec.source {
-        FilterSource::Path(p) => p.clone(),
+        FilterSource::Path(p) => read(p.clone()),
         FilterSource::Module(m) => {
             let dir = std::env::var_os("EDGEGATE_FILTER_DIR")
                 .map_or_else(|| filter_dir.to_path_buf(), PathBuf::from);
-            dir.join(format!("{}.wasm", m.replace('-', "_")))
+            let installed = dir.join(format!("{}.wasm", m.replace('-', "_")));
+            if installed.is_file() {
+                return read(installed);
+            }
+            match embedded::EMBEDDED.iter().find(|(name, _)| name == m) {
+                Some((_, bytes)) => Ok((bytes.to_vec(), PathBuf::from(format!("<built-in {m}>")))),
+                None => Err(FilterLoadError::Read {
+                    name: spec.name.clone(),
+                    path: installed,
+                    reason: format!(
+                        "no first-party filter `{m}` (built in: {})",
+                        embedded_modules().collect::<Vec<_>>().join(", ")
+                    ),
+                }),
+            }
         }
     }
 }
@@ -561,16 +597,7 @@ impl FilterSet {
             .engine
             .clone()
             .ok_or_else(|| FilterLoadError::Engine("no engine for a config with filters".into()))?;
-        let path = component_path(spec, &config.server.filter_dir);
-        let bytes = std::fs::read(&path).map_err(|e| FilterLoadError::Read {
-            name: spec.name.clone(),
-            path: path.clone(),
-            reason: if e.kind() == std::io::ErrorKind::NotFound && matches!(spec.source, FilterSource::Module(_)) {
-                format!("{e} (first-party filters install to `server.filter_dir` or $EDGEGATE_FILTER_DIR)")
-            } else {
-                e.to_string()
-            },
-        })?;
+        let (bytes, path) = component_bytes(spec, &config.server.filter_dir)?;
         let invalid = |reason: String| FilterLoadError::Invalid {
             name: spec.name.clone(),
             path: path.clone(),

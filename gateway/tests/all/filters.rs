@@ -483,3 +483,221 @@ async fn filter_reload_applies_new_config_and_rejects_a_bad_component() {
         "old generation serves"
     );
 }
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A signed JWT: `sign` gets the signing input and returns the signature.
+fn jwt(
+    header: serde_json::Value,
+    claims: serde_json::Value,
+    sign: impl Fn(&[u8]) -> Vec<u8>,
+) -> String {
+    let input = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let sig = sign(input.as_bytes());
+    format!("{input}.{}", b64url(&sig))
+}
+
+const SECRET: &[u8] = b"edgegate-example-secret";
+
+fn hs256(input: &[u8]) -> Vec<u8> {
+    ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET),
+        input,
+    )
+    .as_ref()
+    .to_vec()
+}
+
+fn claims(sub: &str) -> serde_json::Value {
+    serde_json::json!({"sub": sub, "iss": "edgegate-example", "aud": "edgegate-api", "exp": now() + 300})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_auth_hs256_and_es256_with_claims_checks() {
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let o = Origin::start("o").await;
+    let dir = tempfile::tempdir().unwrap();
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let ec =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let point = ec.public_key().as_ref();
+    let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "ec-1", "alg": "ES256",
+        "x": b64url(&point[1..33]), "y": b64url(&point[33..])}]});
+    let jwks_path = dir.path().join("jwks.json");
+    std::fs::write(&jwks_path, jwks.to_string()).unwrap();
+    let gw = Gateway::start(&filter_config(
+        o.addr,
+        &format!(
+            r#"
+[key_sets.shared]
+hmac_secrets = {{ example = "edgegate-example-secret" }}
+[key_sets.idp]
+jwks_file = "{jwks}"
+
+[[routes]]
+name = "hs"
+path_prefix = "/hs"
+upstream = "app"
+[[routes.filters]]
+module = "jwt-auth"
+key_sets = ["shared"]
+config = {{ key_set = "shared", algorithms = ["HS256"], issuer = "edgegate-example", audience = "edgegate-api", required_claims = ["sub", "exp"], forward_claims = {{ sub = "x-user-id" }} }}
+
+[[routes]]
+name = "es"
+path_prefix = "/es"
+upstream = "app"
+[[routes.filters]]
+module = "jwt-auth"
+key_sets = ["idp"]
+config = {{ key_set = "idp", algorithms = ["ES256"], leeway_seconds = 0 }}
+"#,
+            jwks = jwks_path.display()
+        ),
+    ))
+    .await;
+    let get = |path: &str, token: Option<String>| {
+        let mut r = client().get(gw.url(path)).header("x-user-id", "spoofed");
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+
+    let r = get("/hs/a", None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"edgegate\"");
+
+    let hs_header = serde_json::json!({"alg": "HS256", "typ": "JWT", "kid": "example"});
+    let r = get(
+        "/hs/a",
+        Some(jwt(hs_header.clone(), claims("alice"), hs256)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        o.last().headers["x-user-id"],
+        "alice",
+        "claim forwarded, spoofed value replaced"
+    );
+
+    let cases: Vec<(String, &str)> = vec![
+        (
+            jwt(serde_json::json!({"alg": "none"}), claims("a"), |_| {
+                Vec::new()
+            }),
+            "algorithm not allowed",
+        ),
+        (
+            jwt(
+                serde_json::json!({"alg": "HS384", "kid": "example"}),
+                claims("a"),
+                |i| {
+                    ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA384, SECRET), i)
+                        .as_ref()
+                        .to_vec()
+                },
+            ),
+            "algorithm not allowed",
+        ),
+        (
+            jwt(hs_header.clone(), claims("a"), |_| vec![0u8; 32]),
+            "invalid signature",
+        ),
+        (
+            jwt(
+                hs_header.clone(),
+                serde_json::json!({"sub": "a", "iss": "edgegate-example", "aud": "edgegate-api", "exp": now() - 100}),
+                hs256,
+            ),
+            "token expired",
+        ),
+        (
+            jwt(
+                hs_header.clone(),
+                serde_json::json!({"sub": "a", "iss": "edgegate-example", "aud": "edgegate-api", "exp": now() + 300, "nbf": now() + 200}),
+                hs256,
+            ),
+            "token not yet valid",
+        ),
+        (
+            jwt(
+                hs_header.clone(),
+                serde_json::json!({"sub": "a", "iss": "evil", "aud": "edgegate-api", "exp": now() + 300}),
+                hs256,
+            ),
+            "wrong issuer",
+        ),
+        (
+            jwt(
+                hs_header.clone(),
+                serde_json::json!({"sub": "a", "iss": "edgegate-example", "aud": ["other"], "exp": now() + 300}),
+                hs256,
+            ),
+            "wrong audience",
+        ),
+        (
+            jwt(
+                hs_header.clone(),
+                serde_json::json!({"iss": "edgegate-example", "aud": "edgegate-api", "exp": now() + 300}),
+                hs256,
+            ),
+            "missing required claim",
+        ),
+        ("not.a-token".to_string(), "malformed token"),
+    ];
+    for (token, why) in cases {
+        let r = get("/hs/a", Some(token)).await.unwrap();
+        assert_eq!(r.status(), 401, "{why}");
+        let challenge = r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+        assert!(challenge.contains(why), "{why}: {challenge}");
+    }
+
+    let es = |kid: &str| {
+        jwt(
+            serde_json::json!({"alg": "ES256", "kid": kid}),
+            serde_json::json!({"sub": "bob", "exp": now() + 60}),
+            |i| {
+                ec.sign(&ring::rand::SystemRandom::new(), i)
+                    .unwrap()
+                    .as_ref()
+                    .to_vec()
+            },
+        )
+    };
+    assert_eq!(get("/es/b", Some(es("ec-1"))).await.unwrap().status(), 200);
+    let r = get("/es/b", Some(es("rotated-away"))).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("unknown key"));
+    // An HS256 token against the ES256 route is refused (algorithm pinning).
+    assert_eq!(
+        get("/es/b", Some(jwt(hs_header, claims("x"), hs256)))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+}
