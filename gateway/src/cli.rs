@@ -74,6 +74,11 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9000")]
         origin: String,
     },
+    /// Work with filter components: test one locally, scaffold a new one.
+    Filter {
+        #[command(subcommand)]
+        command: FilterCommand,
+    },
     /// Make a self-signed development certificate (never for production).
     DevCert {
         /// Output directory.
@@ -83,6 +88,169 @@ enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum FilterCommand {
+    /// Run a filter (or a route's whole chain) on one request, with the
+    /// production host: same limits, imports, key sets and buckets.
+    Test {
+        /// A component to test on its own.
+        #[arg(long, conflicts_with = "config")]
+        component: Option<PathBuf>,
+        /// With --component: a TOML file with `[filter]` (the keys of a
+        /// `[[routes.filters]]` entry: config, timeout, memory, rate_limits,
+        /// key_sets...) and any `[rate_limits.*]` / `[key_sets.*]` it uses.
+        #[arg(long, requires = "component")]
+        filter_config: Option<PathBuf>,
+        /// A full edgegate config: test the chain of `--route`.
+        #[arg(long, requires = "route")]
+        config: Option<PathBuf>,
+        /// With --config: the route whose filters run.
+        #[arg(long)]
+        route: Option<String>,
+        /// The request: a raw HTTP/1.1 head (request line, headers, blank line).
+        #[arg(long)]
+        request: PathBuf,
+        /// Fail (exit 1) unless the outcome is this: `continue`, `respond:STATUS` or `fail`.
+        #[arg(long)]
+        expect: Option<String>,
+    },
+    /// Create a filter crate that builds for wasm32-wasip2 and passes its test.
+    New {
+        /// Crate name (letters, digits, `-`, `_`).
+        name: String,
+        /// Parent directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+/// `[filter]` and its grants, for `edgegate filter test --component`.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LocalFilterFile {
+    #[serde(default)]
+    filter: policies::raw::FilterConfig,
+    #[serde(default)]
+    rate_limits: std::collections::BTreeMap<String, policies::raw::RateLimitConfig>,
+    #[serde(default)]
+    key_sets: std::collections::BTreeMap<String, policies::raw::KeySetConfig>,
+}
+
+fn local_config(
+    component: &std::path::Path,
+    filter_config: Option<&std::path::Path>,
+) -> Result<policies::Config, String> {
+    let file: LocalFilterFile = match filter_config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
+        }
+        None => LocalFilterFile::default(),
+    };
+    let mut filter = file.filter;
+    filter.module = None;
+    filter.path = Some(
+        std::path::absolute(component)
+            .map_err(|e| e.to_string())?
+            .display()
+            .to_string(),
+    );
+    let mut raw = RawConfig::default();
+    raw.listeners = vec![ListenerConfig {
+        name: None,
+        listen: "127.0.0.1:1".into(),
+        tls: None,
+    }];
+    raw.upstreams.insert(
+        "local".into(),
+        UpstreamConfig {
+            backends: vec!["127.0.0.1:1".into()],
+            ..Default::default()
+        },
+    );
+    raw.routes = vec![RouteConfig {
+        name: "local".into(),
+        upstream: "local".into(),
+        filters: vec![filter],
+        ..Default::default()
+    }];
+    raw.rate_limits = file.rate_limits;
+    raw.key_sets = file.key_sets;
+    let origin =
+        filter_config.map_or_else(|| "<filter test>".to_string(), |p| p.display().to_string());
+    policies::from_raw(&raw, &origin, &machine_defaults()).map_err(|e| e.to_string())
+}
+
+fn filter_test(
+    component: Option<PathBuf>,
+    filter_config: Option<PathBuf>,
+    config: Option<PathBuf>,
+    route: Option<String>,
+    request: PathBuf,
+    expect: Option<String>,
+) -> ExitCode {
+    let run = || -> Result<crate::filter_host::local::Report, String> {
+        let (config, route) = match (component, config) {
+            (Some(c), None) => (
+                local_config(&c, filter_config.as_deref())?,
+                "local".to_string(),
+            ),
+            (None, Some(file)) => (
+                policies::load_file(&file, &machine_defaults()).map_err(|e| e.to_string())?,
+                route.unwrap_or_default(),
+            ),
+            _ => return Err("give --component FILE, or --config FILE --route NAME".into()),
+        };
+        let raw =
+            std::fs::read_to_string(&request).map_err(|e| format!("{}: {e}", request.display()))?;
+        let req = crate::filter_host::local::parse_request(&raw)
+            .map_err(|e| format!("{}: {e}", request.display()))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(crate::filter_host::local::run(&config, &route, req))
+    };
+    match run() {
+        Err(e) => {
+            eprintln!("edgegate: {e}");
+            ExitCode::from(2)
+        }
+        Ok(report) => {
+            print!("{}", report.text);
+            use crate::filter_host::local::Verdict;
+            let matches = match expect.as_deref() {
+                None => true,
+                Some("continue") => report.verdict == Verdict::Continue,
+                Some("fail") => matches!(report.verdict, Verdict::Failed(_)),
+                Some(other) => match other
+                    .strip_prefix("respond:")
+                    .and_then(|s| s.parse::<u16>().ok())
+                {
+                    Some(status) => report.verdict == Verdict::Respond(status),
+                    None => {
+                        eprintln!("edgegate: --expect takes continue, respond:STATUS or fail");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            if matches {
+                if let Some(e) = expect {
+                    println!("expected `{e}`: ok");
+                }
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "expected `{}`, got {:?}",
+                    expect.unwrap_or_default(),
+                    report.verdict
+                );
+                ExitCode::FAILURE
+            }
+        }
+    }
 }
 
 /// `host:port` from `http://host:port[/]`, `https://...` or bare `host:port`.
@@ -284,6 +452,37 @@ pub fn main() -> ExitCode {
                 origin: "<embedded demo.toml>".into(),
             })
         }
+        Some(Command::Filter { command }) => match command {
+            FilterCommand::Test {
+                component,
+                filter_config,
+                config,
+                route,
+                request,
+                expect,
+            } => filter_test(component, filter_config, config, route, request, expect),
+            FilterCommand::New { name, dir } => {
+                match crate::filter_host::scaffold::create(&dir, &name) {
+                    Ok(path) => {
+                        println!(
+                        "created {}
+next:
+  cd {}
+  cargo build --release
+  edgegate filter test --component target/wasm32-wasip2/release/{}.wasm --request tests/request.http --expect respond:403",
+                        path.display(),
+                        path.display(),
+                        name.replace('-', "_")
+                    );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("edgegate: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        },
         Some(Command::DevCert { out, names }) => {
             match crate::tls::write_dev_certificate(&out, &names) {
                 Ok((cert, key)) => {

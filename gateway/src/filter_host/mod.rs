@@ -805,3 +805,5 @@ impl LoadedFilter {
 }
 
 pub mod apply;
+pub mod local;
+pub mod scaffold;

@@ -705,26 +705,66 @@ config = {{ key_set = "idp", algorithms = ["ES256"], leeway_seconds = 0 }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_auth_ratelimit_example_runs_as_shipped() {
     let o = Origin::start("o").await;
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let example = std::fs::read_to_string(repo.join("policies/examples/auth-ratelimit.toml")).unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let example =
+        std::fs::read_to_string(repo.join("policies/examples/auth-ratelimit.toml")).unwrap();
     // Only the addresses change: free ports instead of the documented ones.
     let text = example
         .replace("127.0.0.1:9901", "{admin}")
         .replace("127.0.0.1:8080", "{listen}")
         .replace("127.0.0.1:9000", &o.addr.to_string());
     let gw = Gateway::start(&text).await;
-    assert_eq!(client().get(gw.url("/")).send().await.unwrap().status(), 200, "/ is open");
-    assert_eq!(client().get(gw.url("/api/items")).send().await.unwrap().status(), 401);
-    let token = |sub: &str| jwt(serde_json::json!({"alg": "HS256", "typ": "JWT"}), claims(sub), hs256);
+    assert_eq!(
+        client().get(gw.url("/")).send().await.unwrap().status(),
+        200,
+        "/ is open"
+    );
+    assert_eq!(
+        client()
+            .get(gw.url("/api/items"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let token = |sub: &str| {
+        jwt(
+            serde_json::json!({"alg": "HS256", "typ": "JWT"}),
+            claims(sub),
+            hs256,
+        )
+    };
     let statuses: Vec<u16> = {
         let mut v = Vec::new();
         for _ in 0..6 {
-            v.push(client().get(gw.url("/api/items")).bearer_auth(token("carol")).send().await.unwrap().status().as_u16());
+            v.push(
+                client()
+                    .get(gw.url("/api/items"))
+                    .bearer_auth(token("carol"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16(),
+            );
         }
         v
     };
     assert_eq!(&statuses[..5], &[200; 5], "{statuses:?}");
     assert_eq!(statuses[5], 429, "burst 5 per user: {statuses:?}");
-    assert_eq!(client().get(gw.url("/api/items")).bearer_auth(token("dave")).send().await.unwrap().status(), 200, "other users have their own bucket");
+    assert_eq!(
+        client()
+            .get(gw.url("/api/items"))
+            .bearer_auth(token("dave"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "other users have their own bucket"
+    );
     assert_eq!(o.last().headers["x-user-id"], "dave");
 }

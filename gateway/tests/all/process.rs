@@ -308,3 +308,111 @@ async fn sighup_reloads_a_good_config_and_rejects_a_bad_one() {
         .unwrap();
     assert_eq!(status["config_generation"], 2);
 }
+
+#[test]
+fn filter_new_scaffolds_a_crate_that_builds_and_passes_its_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["filter", "new", "my-filter", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let krate = dir.path().join("my-filter");
+    let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("scaffold-target");
+    let build = Command::new(env!("CARGO"))
+        .args(["build", "--release"])
+        .current_dir(&krate)
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let wasm = target.join("wasm32-wasip2/release/my_filter.wasm");
+    for (request, expect) in [
+        ("tests/request.http", "respond:403"),
+        ("tests/allowed.http", "continue"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["filter", "test", "--component"])
+            .arg(&wasm)
+            .arg("--request")
+            .arg(krate.join(request))
+            .args(["--expect", expect])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{request}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(&format!("expected `{expect}`: ok")));
+    }
+    // A wrong expectation fails the command.
+    let out = Command::new(BIN)
+        .args(["filter", "test", "--component"])
+        .arg(&wasm)
+        .arg("--request")
+        .arg(krate.join("tests/allowed.http"))
+        .args(["--expect", "respond:403"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn filter_test_runs_a_routes_chain_from_a_real_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let req = dir.path().join("req.http");
+    std::fs::write(&req, "GET /api/items HTTP/1.1\nHost: example.com\n\n").unwrap();
+    let example = repo().join("policies/examples/auth-ratelimit.toml");
+    let out = Command::new(BIN)
+        .args(["filter", "test", "--config"])
+        .arg(&example)
+        .args(["--route", "api", "--request"])
+        .arg(&req)
+        .args(["--expect", "respond:401"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("www-authenticate: Bearer realm=\"edgegate\""),
+        "{stdout}"
+    );
+
+    // The production limits apply locally too: a spinning filter is stopped.
+    let spin = guest_dir().join("spin.wasm");
+    let cfg = dir.path().join("spin.toml");
+    std::fs::write(&cfg, "[filter]\ntimeout = \"20ms\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["filter", "test", "--component"])
+        .arg(&spin)
+        .arg("--filter-config")
+        .arg(&cfg)
+        .arg("--request")
+        .arg(&req)
+        .args(["--expect", "fail"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("timeout"), "{stdout}");
+}
