@@ -157,27 +157,30 @@ fn local_config(
             .display()
             .to_string(),
     );
-    let mut raw = RawConfig::default();
-    raw.listeners = vec![ListenerConfig {
-        name: None,
-        listen: "127.0.0.1:1".into(),
-        tls: None,
-    }];
-    raw.upstreams.insert(
-        "local".into(),
-        UpstreamConfig {
-            backends: vec!["127.0.0.1:1".into()],
+    let raw = RawConfig {
+        listeners: vec![ListenerConfig {
+            name: None,
+            listen: "127.0.0.1:1".into(),
+            tls: None,
+        }],
+        upstreams: [(
+            "local".to_string(),
+            UpstreamConfig {
+                backends: vec!["127.0.0.1:1".into()],
+                ..Default::default()
+            },
+        )]
+        .into(),
+        routes: vec![RouteConfig {
+            name: "local".into(),
+            upstream: "local".into(),
+            filters: vec![filter],
             ..Default::default()
-        },
-    );
-    raw.routes = vec![RouteConfig {
-        name: "local".into(),
-        upstream: "local".into(),
-        filters: vec![filter],
+        }],
+        rate_limits: file.rate_limits,
+        key_sets: file.key_sets,
         ..Default::default()
-    }];
-    raw.rate_limits = file.rate_limits;
-    raw.key_sets = file.key_sets;
+    };
     let origin =
         filter_config.map_or_else(|| "<filter test>".to_string(), |p| p.display().to_string());
     policies::from_raw(&raw, &origin, &machine_defaults()).map_err(|e| e.to_string())
