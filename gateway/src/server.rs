@@ -45,6 +45,10 @@ impl BackgroundService for Background {
         };
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u64 = 0;
+        let mut reloading: Option<tokio::task::JoinHandle<()>> = None;
+        // The file state last tried, so a bad file is reported once, not every second.
+        let mut tried: Option<(u64, Vec<Option<std::time::SystemTime>>)> = None;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -53,9 +57,27 @@ impl BackgroundService for Background {
                     let _ = tokio::task::spawn_blocking(move || shared.reload()).await;
                 }
                 _ = tick.tick() => {
+                    ticks += 1;
                     let generation = self.shared.current();
                     for group in generation.upstreams.values() {
                         group.health_check_if_due().await;
+                    }
+                    // Once a second: forget idle rate-limit keys, and reload
+                    // when a component, certificate or key file changed.
+                    if ticks % 20 == 0 {
+                        generation.filters.limiters.forget_idle();
+                        let idle = reloading.as_ref().is_none_or(|t| t.is_finished());
+                        if let Some(now) = generation.changed_files().filter(|_| idle) {
+                            let key = (generation.id, now);
+                            if tried.as_ref() != Some(&key) {
+                                tried = Some(key);
+                                tracing::info!("a component, certificate or key file changed: reloading");
+                                let shared = Arc::clone(&self.shared);
+                                reloading = Some(tokio::task::spawn_blocking(move || {
+                                    let _ = shared.reload();
+                                }));
+                            }
+                        }
                     }
                 }
             }

@@ -77,6 +77,9 @@ pub struct Generation {
     pub filters: crate::filter_host::FilterSet,
     /// The filter chain of each route, by [`policies::RouteId`].
     pub route_filters: Vec<crate::filter_host::FilterChain>,
+    /// Files this generation was built from (components, certificates, key
+    /// files) with their modification times then: a change triggers a reload.
+    pub watched: Vec<(PathBuf, Option<SystemTime>)>,
     /// When it was applied.
     pub loaded_at: SystemTime,
 }
@@ -188,8 +191,16 @@ fn build_generation(
         .iter()
         .map(|r| filters.chain(&r.filters, &config))
         .collect::<Result<Vec<_>, _>>()?;
+    let watched = watched_files(&config)
+        .into_iter()
+        .map(|p| {
+            let mtime = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+            (p, mtime)
+        })
+        .collect();
     Ok(Generation {
         id,
+        watched,
         config: Arc::new(config),
         upstreams,
         route_upstreams,
@@ -199,6 +210,56 @@ fn build_generation(
         route_filters,
         loaded_at: SystemTime::now(),
     })
+}
+
+/// Every file a config reads besides itself.
+fn watched_files(config: &Config) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for l in &config.listeners {
+        if let Some(tls) = &l.tls {
+            for c in &tls.certificates {
+                files.push(c.cert.clone());
+                files.push(c.key.clone());
+            }
+        }
+    }
+    for r in config.routes.routes() {
+        for f in &r.filters {
+            match &f.source {
+                policies::FilterSource::Path(p) => files.push(p.clone()),
+                policies::FilterSource::Module(m) => files.push(
+                    config
+                        .server
+                        .filter_dir
+                        .join(format!("{}.wasm", m.replace('-', "_"))),
+                ),
+            }
+        }
+    }
+    for k in config.key_sets.values() {
+        files.extend(k.jwks_file.iter().cloned());
+        files.extend(k.hmac_secret_files.values().cloned());
+    }
+    files.sort();
+    files.dedup();
+    files
+}
+
+impl Generation {
+    /// The modification times of its watched files now, when any differs
+    /// from what it was built from.
+    pub fn changed_files(&self) -> Option<Vec<Option<SystemTime>>> {
+        let now: Vec<Option<SystemTime>> = self
+            .watched
+            .iter()
+            .map(|(p, _)| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect();
+        let changed = now
+            .iter()
+            .zip(&self.watched)
+            .any(|(n, (_, then))| n != then);
+        changed.then_some(now)
+    }
 }
 
 fn load_stores(config: &Config) -> Result<Vec<(String, CertStore)>, LoadError> {

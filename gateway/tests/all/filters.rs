@@ -768,3 +768,48 @@ async fn the_auth_ratelimit_example_runs_as_shipped() {
     );
     assert_eq!(o.last().headers["x-user-id"], "dave");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_a_component_file_reloads_it() {
+    let o = Origin::start("o").await;
+    let dir = tempfile::tempdir().unwrap();
+    let component = dir.path().join("tenant.wasm");
+    std::fs::copy(guest_dir().join("noop.wasm"), &component).unwrap();
+    let gw = Gateway::start_in(
+        dir,
+        &filter_config(o.addr, "[[routes]]\nname = \"r\"\nupstream = \"app\"\n[[routes.filters]]\npath = \"tenant.wasm\"\n"),
+    )
+    .await;
+    assert_eq!(
+        client()
+            .get(gw.url("/x/panic"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Swap in a component that panics on `/panic`: picked up without SIGHUP.
+    let tmp = gw.dir.path().join("tenant.wasm.new");
+    std::fs::copy(guest_dir().join("panic_filter.wasm"), &tmp).unwrap();
+    std::fs::rename(&tmp, &component).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if client()
+            .get(gw.url("/x/panic"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 503
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new component was not loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(gw.shared.current().id, 2);
+}
