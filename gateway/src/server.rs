@@ -64,7 +64,7 @@ impl BackgroundService for Background {
                     }
                     // Once a second: forget idle rate-limit keys, and reload
                     // when a component, certificate or key file changed.
-                    if ticks % 20 == 0 {
+                    if ticks.is_multiple_of(20) {
                         generation.filters.limiters.forget_idle();
                         let idle = reloading.as_ref().is_none_or(|t| t.is_finished());
                         if let Some(now) = generation.changed_files().filter(|_| idle) {
