@@ -157,6 +157,20 @@ def main():
             summary[r] = {"rps": rps, "rps_ratio": rps / plain_rps, "cpu_us_per_req": cpu,
                           "added_us": cpu - plain_cpu, "p99_ms": med(r, "p99_ms")}
             print(f"/{r:7s} {rps:9.0f} {rps / plain_rps:9.3f} {cpu:11.1f} {cpu - plain_cpu:9.1f} {med(r, 'p99_ms'):7.2f}")
+        # In-process breakdown from the gateway's own histograms (all rounds).
+        import re, urllib.request
+        text = urllib.request.urlopen(f"http://127.0.0.1:{e_admin}/metrics").read().decode()
+        def mean(metric, filt):
+            s = re.search(rf'{metric}_sum{{filter="{filt}"}} ([0-9.e+-]+)', text)
+            c = re.search(rf'{metric}_count{{filter="{filt}"}} ([0-9.e+-]+)', text)
+            return float(s.group(1)) / float(c.group(1)) * 1e6 if s and c and float(c.group(1)) else float("nan")
+        print()
+        print("per call, inside the gateway (mean of all calls): fresh instance / guest run, µs")
+        breakdown = {}
+        for filt in ("noop", "jwt-auth", "rate-limit", "headers"):
+            breakdown[filt] = {"instantiate_us": mean("edgegate_filter_instantiate_seconds", filt),
+                               "run_us": mean("edgegate_filter_run_seconds", filt)}
+            print(f"  {filt:11s} {breakdown[filt]['instantiate_us']:7.1f} / {breakdown[filt]['run_us']:7.1f}")
         k6 = {}
         for r in ("plain", "chain"):
             env_token = tokens.get(r, "")
@@ -174,7 +188,8 @@ def main():
         if args.out:
             os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
             with open(args.out, "w") as f:
-                json.dump({"args": vars(args), "rounds": results, "summary": summary, "k6": k6}, f, indent=2)
+                json.dump({"args": vars(args), "rounds": results, "summary": summary, "k6": k6,
+                           "breakdown": breakdown}, f, indent=2)
     finally:
         for p in procs:
             p.terminate()
