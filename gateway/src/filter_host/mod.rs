@@ -12,10 +12,19 @@
 //!   interface its route does not grant fails the load, never a request.
 //! - **Isolation: a fresh instance per call.** Every phase call gets a new
 //!   `Store` and instance from the `FilterPre`; nothing a guest does can leak
-//!   into another request. Measured on this class of machine (research notes
-//!   `wasm-feasibility.md`): fresh instance + call ≈ 19–30 µs pooled against
-//!   ≈ 1.4–5 µs for a warm instance. Reuse would need a verified reset of
-//!   the instance's memory; until that exists, correctness wins.
+//!   into another request. Research notes (`wasm-feasibility.md`): fresh
+//!   instance + call ≈ 19–30 µs pooled against ≈ 1.4–5 µs for a warm
+//!   instance. Measured here (`cargo run --release -p edgegate --example
+//!   filter_bench`, one thread, whole request phase): no-op filter 13.7 µs
+//!   with Rust's default 1 MiB guest stack, **6.7 µs** with a 64 KiB stack —
+//!   the stack sits at the bottom of linear memory, so a 1 MiB stack put the
+//!   memory a call touches outside the pool's 256 KiB resident window and
+//!   every call paid page faults; jwt-auth 30.5 → 11.9 µs, the
+//!   jwt + rate-limit + headers chain 91 → 30 µs. First-party filters and
+//!   `edgegate filter new` crates link with the small stack. With that, the
+//!   fresh instance meets the ≤ 10 µs no-op budget in process, so reuse
+//!   (which would need a verified reset of guest memory) is not worth its
+//!   isolation risk.
 //! - **Pooling tuned for several threads**: the default pooling allocator
 //!   decommits with `madvise` per instance, which costs a TLB shootdown per
 //!   request once more than one thread runs (≈ 100 µs/request measured on 2

@@ -813,3 +813,54 @@ async fn replacing_a_component_file_reloads_it() {
     }
     assert_eq!(gw.shared.current().id, 2);
 }
+
+#[test]
+fn precompiled_components_are_cached_on_disk_by_content_hash() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A copy with one extra custom section: new content, so a new cache entry
+    // even though the engine compiled the original earlier in this process.
+    let mut bytes = std::fs::read(guest_dir().join("noop.wasm")).unwrap();
+    bytes.extend_from_slice(&[0, 9, 8, b'c', b'a', b'c', b'h', b'e', b'-', b't', 1]);
+    let component = dir.path().join("tenant.wasm");
+    std::fs::write(&component, &bytes).unwrap();
+    let config = filter_config("127.0.0.1:9".parse().unwrap(), "[[routes]]\nname = \"r\"\nupstream = \"app\"\n[[routes.filters]]\npath = \"tenant.wasm\"\n")
+        .replace("[server]\n", &format!("[server]\nfilter_cache_dir = \"{}\"\n", cache.path().display()))
+        .replace("{listen}", &format!("127.0.0.1:{}", free_port()))
+        .replace("{admin}", &format!("127.0.0.1:{}", free_port()));
+    let path = dir.path().join("edgegate.toml");
+    std::fs::write(&path, config).unwrap();
+    let load = || {
+        edgegate::state::Shared::load(
+            edgegate::state::ConfigSource::File(path.clone()),
+            edgegate::state::machine_defaults(),
+        )
+        .unwrap()
+    };
+    drop(load());
+    let artifacts: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    let name = artifacts[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    assert!(name.ends_with(".cwasm") && name.len() > 64, "{name}");
+    let written = std::fs::metadata(&artifacts[0])
+        .unwrap()
+        .modified()
+        .unwrap();
+    drop(load());
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::metadata(&artifacts[0])
+            .unwrap()
+            .modified()
+            .unwrap(),
+        written,
+        "reused, not rewritten"
+    );
+}

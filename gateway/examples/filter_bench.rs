@@ -1,0 +1,117 @@
+//! In-process filter cost: runs each route's request phase N times on one
+//! thread (the gateway's own host, limits and imports; no network) and
+//! prints µs per request. Complements `loadtest/filters.py`, which measures
+//! the same routes through the whole proxy.
+//!
+//!   cargo run --release -p edgegate --example filter_bench -- [N]
+
+use edgegate::filter_host::{apply, FilterSet, RequestFacts};
+use edgegate::metrics::Metrics;
+use pingora::http::RequestHeader;
+use std::time::Instant;
+
+const SECRET: &str = "edgegate-bench-secret-0123456789";
+
+fn b64(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn main() -> anyhow::Result<()> {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 3600;
+    let input = format!(
+        "{}.{}",
+        b64(br#"{"alg":"HS256","kid":"k1"}"#),
+        b64(format!(r#"{{"sub":"u1","iss":"bench","aud":"bench","exp":{exp}}}"#).as_bytes())
+    );
+    let sig = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes()),
+        input.as_bytes(),
+    );
+    let token = format!("{input}.{}", b64(sig.as_ref()));
+    let jwt = r#"[[routes.filters]]
+module = "jwt-auth"
+key_sets = ["hs"]
+config = { key_set = "hs", algorithms = ["HS256"], issuer = "bench", audience = "bench" }
+"#;
+    let rl = r#"[[routes.filters]]
+module = "rate-limit"
+rate_limits = ["huge"]
+config = { bucket = "huge", key = "principal" }
+"#;
+    let hdr = "[[routes.filters]]\nmodule = \"headers\"\nconfig.request.set = { \"x-edge-pop\" = \"{pop}\" }\n";
+    let routes = [
+        (
+            "noop",
+            "[[routes.filters]]\nmodule = \"noop\"\n".to_string(),
+        ),
+        ("headers", hdr.to_string()),
+        ("rate-limit", rl.to_string()),
+        ("jwt-hs256", jwt.to_string()),
+        ("jwt+rl+headers", format!("{jwt}{rl}{hdr}")),
+    ];
+    let mut text = format!(
+        "[[listeners]]\nlisten = \"127.0.0.1:1\"\n[upstreams.u]\nbackends = [\"127.0.0.1:1\"]\n\
+         [key_sets.hs]\nhmac_secrets = {{ k1 = \"{SECRET}\" }}\n[rate_limits.huge]\nrate = 100000000\n"
+    );
+    for (name, filters) in &routes {
+        text.push_str(&format!("[[routes]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\nupstream = \"u\"\n{filters}\n"));
+    }
+    let defaults = policies::Defaults {
+        threads: 1,
+        pop_name: "bench".into(),
+    };
+    let config = policies::parse_str(&text, std::path::Path::new("bench.toml"), &defaults)?;
+    let set = FilterSet::new(&config, None)?;
+    let metrics = Metrics::new()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    println!("{n} requests per route, one thread, fresh instance per filter call");
+    println!("{:16} {:>10}", "route", "µs/request");
+    for (id, route) in config.routes.routes().iter().enumerate() {
+        let chain = set.chain(&route.filters, &config)?;
+        let mut req = RequestHeader::build("GET", format!("/{}/x", route.name).as_bytes(), None)?;
+        req.insert_header("host", "bench.test")?;
+        req.insert_header("authorization", format!("Bearer {token}"))?;
+        req.insert_header("user-agent", "bench")?;
+        let facts = RequestFacts {
+            client_ip: "192.0.2.1".into(),
+            route: route.name.clone(),
+            pop: "bench".into(),
+            request_id: "r".into(),
+            ..Default::default()
+        };
+        let run = |count: usize| {
+            rt.block_on(async {
+                for _ in 0..count {
+                    let mut f = facts.clone();
+                    let mut r = req.clone();
+                    match apply::run_request_phase(&chain, &mut f, &mut r, "bench.test", &metrics)
+                        .await
+                    {
+                        Ok(apply::RequestPhase::Continue) => {}
+                        _ => panic!("route {} did not continue", route.name),
+                    }
+                }
+            })
+        };
+        run(n / 10); // warm-up
+        let started = Instant::now();
+        run(n);
+        let _ = id;
+        println!(
+            "{:16} {:>10.1}",
+            route.name,
+            started.elapsed().as_secs_f64() * 1e6 / n as f64
+        );
+    }
+    Ok(())
+}
