@@ -77,7 +77,7 @@ config = { bucket = "huge", key = "principal" }
     println!("{n} requests per route, one thread, fresh instance per filter call");
     println!("{:16} {:>10}", "route", "µs/request");
     for (id, route) in config.routes.routes().iter().enumerate() {
-        let chain = set.chain(&route.filters, &config)?;
+        let chain = set.chain(route, &config)?;
         let mut req = RequestHeader::build("GET", format!("/{}/x", route.name).as_bytes(), None)?;
         req.insert_header("host", "bench.test")?;
         req.insert_header("authorization", format!("Bearer {token}"))?;

@@ -189,7 +189,7 @@ fn build_generation(
         .routes
         .routes()
         .iter()
-        .map(|r| filters.chain(&r.filters, &config))
+        .map(|r| filters.chain(r, &config))
         .collect::<Result<Vec<_>, _>>()?;
     let watched = watched_files(&config)
         .into_iter()

@@ -2,7 +2,7 @@
 //! and applying the decisions.
 
 use super::bindings::types as wit;
-use super::{FailureKind, FilterChain, FilterFailure, Phases, RequestFacts};
+use super::{FailureKind, FilterChain, FilterFailure, LoadedFilter, Phases, RequestFacts};
 use crate::metrics::Metrics;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -175,19 +175,13 @@ pub enum RequestPhase {
     Respond(FilterResponse),
 }
 
-fn count(metrics: &Metrics, route: &str, filter: &str, decision: &str) {
-    metrics
-        .filter_decisions
-        .with_label_values(&[route, filter, decision])
-        .inc();
+fn failed(filter: &LoadedFilter, metrics: &Metrics, f: &FilterFailure) {
+    filter.metrics(metrics).error(f.kind).inc();
+    tracing::warn!(route = %filter_route(filter), filter = %f.filter, kind = f.kind.as_str(), detail = %f.detail, "filter failed");
 }
 
-fn failed(metrics: &Metrics, route: &str, f: &FilterFailure) {
-    metrics
-        .filter_errors
-        .with_label_values(&[route, f.filter.as_str(), f.kind.as_str()])
-        .inc();
-    tracing::warn!(route, filter = %f.filter, kind = f.kind.as_str(), detail = %f.detail, "filter failed");
+fn filter_route(filter: &LoadedFilter) -> &str {
+    &filter.route
 }
 
 /// Runs the chain's request phase, editing `req` and `facts` as filters ask.
@@ -199,7 +193,8 @@ pub async fn run_request_phase(
     authority: &str,
     metrics: &Metrics,
 ) -> Result<RequestPhase, FilterFailure> {
-    let route = facts.route.clone();
+    // Shared with each call; rebuilt only when a filter changes it.
+    let mut shared_facts = Arc::new(facts.clone());
     for filter in chain
         .filters
         .iter()
@@ -207,21 +202,27 @@ pub async fn run_request_phase(
     {
         let head = request_head(req, authority);
         let result = filter
-            .on_request(Arc::new(facts.clone()), &head, metrics)
+            .on_request(Arc::clone(&shared_facts), &head, metrics)
             .await;
+        let m = filter.metrics(metrics);
         let outcome = result.and_then(|decision| match decision {
             wit::RequestDecision::Continue => {
-                count(metrics, &route, &filter.spec.name, "continue");
+                m.decisions[0].inc();
                 Ok(None)
             }
             wit::RequestDecision::Edit(edits) => {
-                count(metrics, &route, &filter.spec.name, "edit");
-                apply_request_edits(req, &edits, facts)
+                m.decisions[1].inc();
+                let changes_facts = edits.principal.is_some() || !edits.labels.is_empty();
+                let applied = apply_request_edits(req, &edits, facts)
                     .map(|_| None)
-                    .map_err(|detail| bad_answer(&filter.spec.name, detail))
+                    .map_err(|detail| bad_answer(&filter.spec.name, detail));
+                if changes_facts {
+                    shared_facts = Arc::new(facts.clone());
+                }
+                applied
             }
             wit::RequestDecision::Respond(r) => {
-                count(metrics, &route, &filter.spec.name, "respond");
+                m.decisions[2].inc();
                 validate_response(r)
                     .map(Some)
                     .map_err(|detail| bad_answer(&filter.spec.name, detail))
@@ -231,7 +232,7 @@ pub async fn run_request_phase(
             Ok(None) => {}
             Ok(Some(response)) => return Ok(RequestPhase::Respond(response)),
             Err(failure) => {
-                failed(metrics, &route, &failure);
+                failed(filter, metrics, &failure);
                 if filter.fails_closed() {
                     return Err(failure);
                 }
@@ -270,13 +271,14 @@ pub async fn run_response_phase(
         let result = filter
             .on_response(Arc::clone(&facts), request, &head, metrics)
             .await;
+        let m = filter.metrics(metrics);
         let outcome = result.and_then(|decision| match decision {
             wit::ResponseDecision::Continue => {
-                count(metrics, &facts.route, &filter.spec.name, "continue");
+                m.decisions[0].inc();
                 Ok(())
             }
             wit::ResponseDecision::Edit(edits) => {
-                count(metrics, &facts.route, &filter.spec.name, "edit");
+                m.decisions[1].inc();
                 let mut apply = || {
                     if let Some(status) = edits.status {
                         resp.set_status(status)
@@ -288,7 +290,7 @@ pub async fn run_response_phase(
             }
         });
         if let Err(failure) = outcome {
-            failed(metrics, &facts.route, &failure);
+            failed(filter, metrics, &failure);
             if filter.fails_closed() {
                 return Err(failure);
             }

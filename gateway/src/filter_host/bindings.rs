@@ -10,4 +10,4 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use edgegate::filter::types;
+pub use self::edgegate::filter::types;

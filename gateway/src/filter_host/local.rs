@@ -73,9 +73,7 @@ pub async fn run(
         .ok_or_else(|| format!("no route named `{route_name}`"))?;
     let route = &config.routes.routes()[route_id];
     let set = FilterSet::new(config, None).map_err(|e| e.to_string())?;
-    let chain = set
-        .chain(&route.filters, config)
-        .map_err(|e| e.to_string())?;
+    let chain = set.chain(route, config).map_err(|e| e.to_string())?;
     let metrics = Metrics::new().map_err(|e| e.to_string())?;
     let host = req
         .headers

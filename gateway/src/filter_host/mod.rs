@@ -456,6 +456,51 @@ struct FilterShared {
     keys: KeyRing,
 }
 
+/// Metric handles of one route filter, resolved on its first call so the
+/// request path does no label hashing.
+pub(crate) struct FilterMetrics {
+    instantiate: prometheus::Histogram,
+    run: prometheus::Histogram,
+    /// continue, edit, respond.
+    pub(crate) decisions: [prometheus::IntCounter; 3],
+    /// By [`FailureKind`] in declaration order.
+    pub(crate) errors: [prometheus::IntCounter; 5],
+}
+
+impl FilterMetrics {
+    fn new(m: &Metrics, route: &str, filter: &str) -> Self {
+        let d = |x: &str| m.filter_decisions.with_label_values(&[route, filter, x]);
+        let e = |k: FailureKind| {
+            m.filter_errors
+                .with_label_values(&[route, filter, k.as_str()])
+        };
+        Self {
+            instantiate: m.filter_instantiate.with_label_values(&[filter]),
+            run: m.filter_run.with_label_values(&[filter]),
+            decisions: [d("continue"), d("edit"), d("respond")],
+            errors: [
+                e(FailureKind::Timeout),
+                e(FailureKind::OutOfMemory),
+                e(FailureKind::Trap),
+                e(FailureKind::BadAnswer),
+                e(FailureKind::Overloaded),
+            ],
+        }
+    }
+
+    /// The error counter of `kind`.
+    pub(crate) fn error(&self, kind: FailureKind) -> &prometheus::IntCounter {
+        let i = match kind {
+            FailureKind::Timeout => 0,
+            FailureKind::OutOfMemory => 1,
+            FailureKind::Trap => 2,
+            FailureKind::BadAnswer => 3,
+            FailureKind::Overloaded => 4,
+        };
+        &self.errors[i]
+    }
+}
+
 /// One filter on one route, ready to run.
 pub struct LoadedFilter {
     /// Its spec from the config.
@@ -465,6 +510,8 @@ pub struct LoadedFilter {
     pre: bindings::FilterPre<HostState>,
     shared: Arc<FilterShared>,
     engine: Arc<FilterEngine>,
+    route: String,
+    metrics: OnceLock<FilterMetrics>,
 }
 
 /// The filters of one route, in request order.
@@ -587,12 +634,12 @@ impl FilterSet {
     /// Loads the chain of one route.
     pub fn chain(
         &self,
-        specs: &[FilterSpec],
+        route: &policies::Route,
         config: &policies::Config,
     ) -> Result<FilterChain, FilterLoadError> {
         let mut filters = Vec::new();
-        for spec in specs {
-            filters.push(Arc::new(self.load(spec, config)?));
+        for spec in &route.filters {
+            filters.push(Arc::new(self.load(spec, &route.name, config)?));
         }
         Ok(FilterChain { filters })
     }
@@ -600,6 +647,7 @@ impl FilterSet {
     fn load(
         &self,
         spec: &FilterSpec,
+        route: &str,
         config: &policies::Config,
     ) -> Result<LoadedFilter, FilterLoadError> {
         let engine = self
@@ -676,6 +724,8 @@ impl FilterSet {
             pre,
             shared,
             engine,
+            route: route.to_string(),
+            metrics: OnceLock::new(),
         };
         // Instantiate once now: proves it runs, and reads its phases.
         let facts = Arc::new(RequestFacts::default());
@@ -759,9 +809,8 @@ impl LoadedFilter {
             .instantiate_async(&mut store)
             .await
             .map_err(|e| self.classify(&e))?;
-        metrics
-            .filter_instantiate
-            .with_label_values(&[self.spec.name.as_str()])
+        self.metrics(metrics)
+            .instantiate
             .observe(started.elapsed().as_secs_f64());
         Ok((store, instance))
     }
@@ -779,9 +828,8 @@ impl LoadedFilter {
             .call_on_request(&mut store, head)
             .await
             .map_err(|e| self.classify(&e));
-        metrics
-            .filter_run
-            .with_label_values(&[self.spec.name.as_str()])
+        self.metrics(metrics)
+            .run
             .observe(started.elapsed().as_secs_f64());
         out
     }
@@ -800,11 +848,17 @@ impl LoadedFilter {
             .call_on_response(&mut store, head, response)
             .await
             .map_err(|e| self.classify(&e));
-        metrics
-            .filter_run
-            .with_label_values(&[self.spec.name.as_str()])
+        self.metrics(metrics)
+            .run
             .observe(started.elapsed().as_secs_f64());
         out
+    }
+
+    /// Its metric handles (resolved on first use; a loaded filter belongs to
+    /// one gateway, so to one registry).
+    pub(crate) fn metrics(&self, metrics: &Metrics) -> &FilterMetrics {
+        self.metrics
+            .get_or_init(|| FilterMetrics::new(metrics, &self.route, &self.spec.name))
     }
 
     /// Whether a failure of this filter fails the request.

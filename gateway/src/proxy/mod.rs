@@ -6,7 +6,7 @@
 //!
 //! 1. `request_filter`: framing checks (request smuggling), route match,
 //!    header and body limits, request id. Anything refused here is answered
-//!    by [`respond`] and never reaches an upstream.
+//!    by `respond` and never reaches an upstream.
 //! 2. `upstream_peer`: pick a backend not tried yet; `fail_to_connect`
 //!    ejects it passively and fails over; `error_while_proxy` retries
 //!    idempotent requests on another backend.
