@@ -225,6 +225,7 @@ fn watched_files(config: &Config) -> Vec<PathBuf> {
     }
     for r in config.routes.routes() {
         for f in &r.filters {
+            files.extend(f.config_file.iter().cloned());
             match &f.source {
                 policies::FilterSource::Path(p) => files.push(p.clone()),
                 policies::FilterSource::Module(m) => files.push(

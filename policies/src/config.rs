@@ -98,8 +98,10 @@ pub struct FilterSpec {
     pub rate_limits: Vec<String>,
     /// Key sets it may use (each defined in `key_sets`).
     pub key_sets: Vec<String>,
-    /// Its configuration as JSON text.
+    /// Its configuration as JSON text (inline part only; see `config_file`).
     pub config_json: String,
+    /// A file whose keys are merged over `config_json` at load.
+    pub config_file: Option<PathBuf>,
 }
 
 /// Process-wide settings.

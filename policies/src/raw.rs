@@ -94,6 +94,10 @@ pub struct FilterConfig {
     pub key_sets: Vec<String>,
     /// The filter's own configuration, handed to it as JSON.
     pub config: Option<toml::Table>,
+    /// More configuration from a file (`.toml` or `.json`, relative to the
+    /// config file), merged over `config` key by key; re-read on reload and
+    /// when it changes (e.g. API keys kept apart from the main config).
+    pub config_file: Option<String>,
 }
 
 /// `[pop]`

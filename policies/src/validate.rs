@@ -599,6 +599,16 @@ fn validate_filter(
         rate_limits: f.rate_limits.clone(),
         key_sets: f.key_sets.clone(),
         config_json,
+        config_file: match &f.config_file {
+            None => None,
+            Some(p) if p.ends_with(".toml") || p.ends_with(".json") => Some(base_dir.join(p)),
+            Some(p) => {
+                return Err(c.err(
+                    "config_file",
+                    format!("expected a `.toml` or `.json` file, got `{p}`"),
+                ))
+            }
+        },
     })
 }
 

@@ -13,7 +13,10 @@
 //! ]
 //! ```
 //!
-//! Hash a key with `printf %s "$KEY" | sha256sum`.
+//! Hash a key with `printf %s "$KEY" | sha256sum`. To keep keys in their
+//! own file, set `config_file = "api-keys.toml"` on the filter (a file with
+//! `keys = [...]`): the gateway merges it into the config, and re-reads it
+//! when it changes.
 
 use edgegate_filter_sdk::{
     context, export_filter, log, Filter, Header, HeaderEdits, Phases, Request, RequestDecision,

@@ -593,6 +593,32 @@ fn component_bytes(
     }
 }
 
+/// The filter's inline config with its `config_file` merged over it, as JSON.
+fn merged_config(spec: &FilterSpec) -> Result<String, String> {
+    let Some(path) = &spec.config_file else {
+        return Ok(spec.config_json.clone());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("config_file {}: {e}", path.display()))?;
+    let overlay: serde_json::Value = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).map_err(|e| format!("config_file {}: {e}", path.display()))?
+    } else {
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| format!("config_file {}: {e}", path.display()))?;
+        serde_json::to_value(table).map_err(|e| e.to_string())?
+    };
+    let serde_json::Value::Object(overlay) = overlay else {
+        return Err(format!(
+            "config_file {}: expected a table/object at the top",
+            path.display()
+        ));
+    };
+    let mut base: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&spec.config_json).map_err(|e| e.to_string())?;
+    base.extend(overlay);
+    serde_json::to_string(&base).map_err(|e| e.to_string())
+}
+
 fn run_blocking<F: std::future::Future + Send>(f: F) -> Result<F::Output, String>
 where
     F::Output: Send,
@@ -710,9 +736,10 @@ impl FilterSet {
                 "it does not export the `edgegate:filter/filter` world: {e:#}"
             ))
         })?;
+        let config_json = merged_config(spec).map_err(invalid)?;
         let shared = Arc::new(FilterShared {
             name: spec.name.clone(),
-            config_json: spec.config_json.clone(),
+            config_json,
             rate_limits: spec.rate_limits.clone(),
             key_sets: spec.key_sets.clone(),
             limiters: self.limiters.clone(),

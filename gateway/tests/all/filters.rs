@@ -864,3 +864,58 @@ fn precompiled_components_are_cached_on_disk_by_content_hash() {
         "reused, not rewritten"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_config_file_is_merged_and_watched() {
+    let o = Origin::start("o").await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(&keys, "keys = []\n").unwrap();
+    let gw = Gateway::start_in(
+        dir,
+        &filter_config(
+            o.addr,
+            "[[routes]]\nname = \"r\"\nupstream = \"app\"\n[[routes.filters]]\nmodule = \"api-key\"\nconfig = { header = \"x-key\" }\nconfig_file = \"keys.toml\"\n",
+        ),
+    )
+    .await;
+    assert_eq!(
+        client()
+            .get(gw.url("/"))
+            .header("x-key", "secret")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    // Add the key in the file: picked up without a reload command.
+    let tmp = gw.dir.path().join("keys.toml.new");
+    std::fs::write(
+        &tmp,
+        format!("keys = [{{ sha256 = \"{KEY_A_SHA256}\", label = \"from-file\" }}]\n"),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &keys).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client()
+        .get(gw.url("/"))
+        .header("x-key", "secret")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the config file change was not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(o.last().headers["x-api-key-label"], "from-file");
+    assert!(
+        !o.last().headers.contains_key("x-key"),
+        "the inline `header` setting still applies"
+    );
+}
