@@ -66,6 +66,7 @@ impl BackgroundService for Background {
                     // when a component, certificate or key file changed.
                     if ticks.is_multiple_of(20) {
                         generation.filters.limiters.forget_idle();
+                        generation.filters.keys.refresh_due();
                         let idle = reloading.as_ref().is_none_or(|t| t.is_finished());
                         if let Some(now) = generation.changed_files().filter(|_| idle) {
                             let key = (generation.id, now);

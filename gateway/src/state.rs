@@ -432,6 +432,9 @@ impl Shared {
                 ));
             }
         }
+        for set in generation.filters.keys.unavailable() {
+            reasons.push(format!("key set `{set}`: JWKS not fetched yet"));
+        }
         Readiness {
             ready: reasons.is_empty(),
             reasons,

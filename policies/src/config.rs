@@ -57,6 +57,10 @@ pub struct KeySet {
     pub name: String,
     /// JWKS document on disk.
     pub jwks_file: Option<PathBuf>,
+    /// JWKS document fetched over HTTP(S).
+    pub jwks_url: Option<String>,
+    /// Refresh interval of `jwks_url`.
+    pub refresh: Duration,
     /// HMAC secrets by key id, inline.
     pub hmac_secrets: BTreeMap<String, String>,
     /// HMAC secrets by key id, in files.

@@ -62,6 +62,11 @@ pub struct RateLimitConfig {
 pub struct KeySetConfig {
     /// A JWKS document on disk (RSA, EC P-256/P-384, Ed25519 and `oct` keys).
     pub jwks_file: Option<String>,
+    /// A JWKS document fetched over HTTP(S), refreshed every `refresh`; the
+    /// last good keys keep serving when a refresh fails.
+    pub jwks_url: Option<String>,
+    /// How often `jwks_url` is fetched again. Default `5m`.
+    pub refresh: Option<String>,
     /// HMAC secrets: `{ kid = "secret" }` inline.
     #[serde(default)]
     pub hmac_secrets: BTreeMap<String, String>,

@@ -254,13 +254,30 @@ pub(crate) fn validate(
         let ks = ctx.scoped(PathSeg::Key("key_sets".into()), |c| {
             c.scoped(PathSeg::Key(name.clone()), |c| {
                 if k.jwks_file.is_none()
+                    && k.jwks_url.is_none()
                     && k.hmac_secrets.is_empty()
                     && k.hmac_secret_files.is_empty()
                 {
                     return Err(c.err(
                         "",
-                        "a key set needs `jwks_file`, `hmac_secrets` or `hmac_secret_files`",
+                        "a key set needs `jwks_file`, `jwks_url`, `hmac_secrets` or `hmac_secret_files`",
                     ));
+                }
+                if k.jwks_file.is_some() && k.jwks_url.is_some() {
+                    return Err(c.err("jwks_url", "set `jwks_file` or `jwks_url`, not both"));
+                }
+                if let Some(u) = &k.jwks_url {
+                    let ok = (u.starts_with("https://") || u.starts_with("http://")) && u.len() > 8;
+                    if !ok {
+                        return Err(c.err(
+                            "jwks_url",
+                            format!("expected an http:// or https:// URL, got `{u}`"),
+                        ));
+                    }
+                }
+                let refresh = c.duration("refresh", &k.refresh, Duration::from_secs(300))?;
+                if refresh < Duration::from_millis(100) {
+                    return Err(c.err("refresh", "must be at least 100ms"));
                 }
                 if let Some((kid, _)) = k.hmac_secrets.iter().find(|(_, v)| v.len() < 16) {
                     return Err(c.scoped(PathSeg::Key("hmac_secrets".into()), |c| {
@@ -270,6 +287,8 @@ pub(crate) fn validate(
                 Ok(KeySet {
                     name: name.clone(),
                     jwks_file: k.jwks_file.as_ref().map(|f| base_dir.join(f)),
+                    jwks_url: k.jwks_url.clone(),
+                    refresh,
                     hmac_secrets: k.hmac_secrets.clone(),
                     hmac_secret_files: k
                         .hmac_secret_files

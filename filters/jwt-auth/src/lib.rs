@@ -7,7 +7,8 @@
 //!
 //! ```toml
 //! [key_sets.main]
-//! hmac_secrets = { example = "edgegate-example-secret" }   # or jwks_file = "jwks.json"
+//! hmac_secrets = { example = "edgegate-example-secret" }
+//! # or jwks_file = "jwks.json", or jwks_url = "https://idp.example/.well-known/jwks.json"
 //!
 //! [[routes.filters]]
 //! module = "jwt-auth"

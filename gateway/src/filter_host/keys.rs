@@ -92,6 +92,26 @@ fn jwk(v: &serde_json::Value) -> Result<Key, String> {
     }
 }
 
+/// Adds the keys of a JWKS document to `keys`.
+fn add_jwks(keys: &mut Keys, text: &str) -> Result<(), String> {
+    let doc: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let list = doc
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .ok_or("no `keys` array")?;
+    for (i, k) in list.iter().enumerate() {
+        let key = jwk(k).map_err(|r| format!("key {i}: {r}"))?;
+        match k.get("kid").and_then(|x| x.as_str()) {
+            Some(kid) => {
+                keys.by_id.insert(kid.to_string(), key);
+            }
+            None => keys.anonymous.push(key),
+        }
+    }
+    Ok(())
+}
+
 impl Keys {
     /// Loads a key set's files and secrets (blocking I/O: config load only).
     pub fn load(set: &KeySet) -> Result<Self, KeyLoadError> {
@@ -103,21 +123,7 @@ impl Keys {
         if let Some(path) = &set.jwks_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| err(format!("{}: {e}", path.display())))?;
-            let doc: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| err(format!("{}: not JSON: {e}", path.display())))?;
-            let list = doc
-                .get("keys")
-                .and_then(|k| k.as_array())
-                .ok_or_else(|| err(format!("{}: no `keys` array", path.display())))?;
-            for (i, k) in list.iter().enumerate() {
-                let key = jwk(k).map_err(|r| err(format!("{}: key {i}: {r}", path.display())))?;
-                match k.get("kid").and_then(|x| x.as_str()) {
-                    Some(kid) => {
-                        keys.by_id.insert(kid.to_string(), key);
-                    }
-                    None => keys.anonymous.push(key),
-                }
-            }
+            add_jwks(&mut keys, &text).map_err(|r| err(format!("{}: {r}", path.display())))?;
         }
         for (kid, secret) in &set.hmac_secrets {
             keys.by_id
@@ -226,10 +232,89 @@ type VerifiedCache = moka::sync::Cache<[u8; 32], ()>;
 /// Entries the verified-signature cache holds.
 const VERIFIED_CAPACITY: u64 = 100_000;
 
+/// A JWKS fetched over HTTP(S): the last good document keeps serving while
+/// refreshes fail (stale-on-error); kept across reloads while its URL is
+/// unchanged.
+pub struct Remote {
+    url: String,
+    refresh: std::time::Duration,
+    current: arc_swap::ArcSwapOption<Keys>,
+    next_due: std::sync::Mutex<std::time::Instant>,
+    fetching: std::sync::atomic::AtomicBool,
+}
+
+/// Retry delay after a failed fetch (bounded by the refresh interval).
+const RETRY_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn http() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            // Fetches are rare and may come from short-lived load-time runtimes:
+            // no pooled connection outlives its runtime.
+            .pool_max_idle_per_host(0)
+            .user_agent(concat!("edgegate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default()
+    })
+}
+
+impl Remote {
+    fn new(url: &str, refresh: std::time::Duration) -> Self {
+        Self {
+            url: url.to_string(),
+            refresh,
+            current: arc_swap::ArcSwapOption::empty(),
+            next_due: std::sync::Mutex::new(std::time::Instant::now()),
+            fetching: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Fetches the document now; on failure the current keys stay.
+    pub async fn fetch(&self, set: &str) -> Result<(), String> {
+        let result = async {
+            let resp = http()
+                .get(&self.url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("HTTP {}", resp.status()));
+            }
+            let text = resp.text().await.map_err(|e| e.to_string())?;
+            let mut keys = Keys::default();
+            add_jwks(&mut keys, &text)?;
+            Ok(keys)
+        }
+        .await;
+        let now = std::time::Instant::now();
+        let mut due = self.next_due.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(keys) => {
+                self.current.store(Some(Arc::new(keys)));
+                *due = now + self.refresh;
+                Ok(())
+            }
+            Err(e) => {
+                *due = now + self.refresh.min(RETRY_AFTER_FAILURE);
+                let stale = self.current.load().is_some();
+                tracing::warn!(key_set = set, url = %self.url, error = %e, serving_stale = stale, "JWKS fetch failed");
+                Err(format!("key set `{set}`: {}: {e}", self.url))
+            }
+        }
+    }
+
+    fn due(&self) -> bool {
+        std::time::Instant::now() >= *self.next_due.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Every key set of a config generation.
 #[derive(Clone)]
 pub struct KeyRing {
     sets: HashMap<String, Arc<Keys>>,
+    remotes: HashMap<String, Arc<Remote>>,
     verified: VerifiedCache,
 }
 
@@ -237,6 +322,7 @@ impl Default for KeyRing {
     fn default() -> Self {
         Self {
             sets: HashMap::new(),
+            remotes: HashMap::new(),
             verified: new_cache(),
         }
     }
@@ -264,16 +350,73 @@ fn cache_key(set: &str, kid: Option<&str>, alg: &str, msg: &[u8], sig: &[u8]) ->
 }
 
 impl KeyRing {
-    /// Loads every set.
-    pub fn load<'a>(sets: impl IntoIterator<Item = &'a KeySet>) -> Result<Self, KeyLoadError> {
+    /// Loads every set's files and secrets; remote sets reuse `previous`'s
+    /// state when their URL is unchanged (fetch new ones with
+    /// [`KeyRing::fetch_missing`]).
+    pub fn load<'a>(
+        sets: impl IntoIterator<Item = &'a KeySet> + Clone,
+        previous: Option<&KeyRing>,
+    ) -> Result<Self, KeyLoadError> {
+        let remotes = sets
+            .clone()
+            .into_iter()
+            .filter_map(|s| s.jwks_url.as_ref().map(|u| (s, u)))
+            .map(|(s, url)| {
+                let reused = previous
+                    .and_then(|p| p.remotes.get(&s.name))
+                    .filter(|r| r.url == *url && r.refresh == s.refresh)
+                    .cloned();
+                (
+                    s.name.clone(),
+                    reused.unwrap_or_else(|| Arc::new(Remote::new(url, s.refresh))),
+                )
+            })
+            .collect();
         let sets = sets
             .into_iter()
             .map(|s| Keys::load(s).map(|k| (s.name.clone(), Arc::new(k))))
             .collect::<Result<_, _>>()?;
         Ok(Self {
             sets,
+            remotes,
             verified: new_cache(),
         })
+    }
+
+    /// Fetches remote sets that have no keys yet (at load: a set whose first
+    /// fetch fails stays unavailable, and readiness says so, until a retry works).
+    pub async fn fetch_missing(&self) {
+        for (name, remote) in &self.remotes {
+            if remote.current.load().is_none() {
+                let _ = remote.fetch(name).await;
+            }
+        }
+    }
+
+    /// Starts a background fetch of every remote set that is due.
+    pub fn refresh_due(&self) {
+        use std::sync::atomic::Ordering;
+        for (name, remote) in &self.remotes {
+            if remote.due() && !remote.fetching.swap(true, Ordering::AcqRel) {
+                let (name, remote) = (name.clone(), Arc::clone(remote));
+                tokio::spawn(async move {
+                    let _ = remote.fetch(&name).await;
+                    remote.fetching.store(false, Ordering::Release);
+                });
+            }
+        }
+    }
+
+    /// Remote sets with no keys (readiness reasons).
+    pub fn unavailable(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .remotes
+            .iter()
+            .filter(|(_, r)| r.current.load().is_none())
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.sort();
+        names
     }
 
     /// Verifies with set `set` (a signature verified before is not checked again).
@@ -285,7 +428,23 @@ impl KeyRing {
         msg: &[u8],
         sig: &[u8],
     ) -> Result<(), VerifyError> {
-        let keys = self.sets.get(set).ok_or(VerifyError::UnknownKeySet)?;
+        let local = self.sets.get(set).ok_or(VerifyError::UnknownKeySet)?;
+        let remote = match self.remotes.get(set) {
+            None => None,
+            Some(r) => match r.current.load_full() {
+                Some(keys) => Some(keys),
+                None if local.by_id.is_empty() && local.anonymous.is_empty() => {
+                    return Err(VerifyError::KeysUnavailable)
+                }
+                None => None,
+            },
+        };
+        // A key id the remote document has wins; else the local keys.
+        let keys: &Keys = match (&remote, kid) {
+            (Some(r), Some(id)) if r.by_id.contains_key(id) => r,
+            (Some(r), None) if local.by_id.is_empty() && local.anonymous.is_empty() => r,
+            _ => local,
+        };
         // HMAC costs less than the cache key's hash: cache public-key work only.
         if alg.starts_with("HS") {
             return keys.verify(kid, alg, msg, sig);
@@ -380,6 +539,7 @@ mod tests {
             .insert("ed".into(), Key::Ed25519(ed.public_key().as_ref().to_vec()));
         let ring = KeyRing {
             sets: [("s".to_string(), Arc::new(keys))].into(),
+            remotes: HashMap::new(),
             verified: new_cache(),
         };
         let sig = ed.sign(b"m");

@@ -542,7 +542,8 @@ pub struct FilterSet {
     engine: Option<Arc<FilterEngine>>,
     /// Rate-limit buckets (kept across reloads when unchanged).
     pub limiters: RateLimiters,
-    keys: KeyRing,
+    /// Key sets (remote ones refreshed in the background).
+    pub keys: KeyRing,
 }
 
 mod embedded {
@@ -646,6 +647,11 @@ impl FilterSet {
         previous: Option<&FilterSet>,
     ) -> Result<Self, FilterLoadError> {
         let any = config.routes.routes().iter().any(|r| !r.filters.is_empty());
+        let keys = KeyRing::load(config.key_sets.values(), previous.map(|p| &p.keys))?;
+        if !keys.unavailable().is_empty() {
+            // First fetch of new remote key sets, bounded by the client timeout.
+            let _ = run_blocking(keys.fetch_missing());
+        }
         Ok(Self {
             engine: if any {
                 Some(FilterEngine::shared()?)
@@ -653,7 +659,7 @@ impl FilterSet {
                 None
             },
             limiters: RateLimiters::new(config.rate_limits.values(), previous.map(|p| &p.limiters)),
-            keys: KeyRing::load(config.key_sets.values())?,
+            keys,
         })
     }
 

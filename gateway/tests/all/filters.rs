@@ -919,3 +919,150 @@ async fn filter_config_file_is_merged_and_watched() {
         "the inline `header` setting still applies"
     );
 }
+
+/// A JWKS endpoint whose answer the test changes: (document, status).
+async fn jwks_server(state: Arc<std::sync::Mutex<(String, u16)>>) -> std::net::SocketAddr {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+                    let (body, status) = state.lock().unwrap().clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .status(status)
+                                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn ec_key() -> (ring::signature::EcdsaKeyPair, serde_json::Value) {
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let key =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let p = key.public_key().as_ref().to_vec();
+    (
+        key,
+        serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64url(&p[1..33]), "y": b64url(&p[33..])}),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_url_rotation_and_stale_on_error() {
+    let o = Origin::start("o").await;
+    let (key_a, mut jwk_a) = ec_key();
+    let (key_b, mut jwk_b) = ec_key();
+    jwk_a["kid"] = "a".into();
+    jwk_b["kid"] = "b".into();
+    let state = Arc::new(std::sync::Mutex::new((
+        serde_json::json!({"keys": [jwk_a]}).to_string(),
+        200,
+    )));
+    let jwks = jwks_server(state.clone()).await;
+    let gw = Gateway::start(&filter_config(
+        o.addr,
+        &format!(
+            r#"
+[key_sets.idp]
+jwks_url = "http://{jwks}/.well-known/jwks.json"
+refresh = "300ms"
+[[routes]]
+name = "r"
+upstream = "app"
+[[routes.filters]]
+module = "jwt-auth"
+key_sets = ["idp"]
+config = {{ key_set = "idp", algorithms = ["ES256"] }}
+"#
+        ),
+    ))
+    .await;
+    let token = |key: &ring::signature::EcdsaKeyPair, kid: &str| {
+        jwt(
+            serde_json::json!({"alg": "ES256", "kid": kid}),
+            serde_json::json!({"sub": "s", "exp": now() + 60}),
+            |i| {
+                key.sign(&ring::rand::SystemRandom::new(), i)
+                    .unwrap()
+                    .as_ref()
+                    .to_vec()
+            },
+        )
+    };
+    let status = |t: String| {
+        let url = gw.url("/x");
+        async move {
+            client()
+                .get(url)
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    gw.wait_ready_status(200).await;
+    assert_eq!(status(token(&key_a, "a")).await, 200, "fetched at load");
+    assert_eq!(status(token(&key_b, "b")).await, 401, "b not published yet");
+
+    // Rotation: the IdP publishes b and retires a.
+    state.lock().unwrap().0 = serde_json::json!({"keys": [jwk_b]}).to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(token(&key_b, "b")).await != 200 {
+        assert!(Instant::now() < deadline, "the refreshed JWKS was not used");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status(token(&key_a, "a")).await, 401, "retired key refused");
+
+    // The IdP fails: the last good keys keep serving.
+    state.lock().unwrap().1 = 500;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        status(token(&key_b, "b")).await,
+        200,
+        "stale keys serve while refreshes fail"
+    );
+    gw.wait_ready_status(200).await;
+}
+
+#[test]
+fn an_unreachable_jwks_url_leaves_the_gateway_unready_not_broken() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let o = Origin::start("o").await;
+        let dead = free_port();
+        let gw = Gateway::start(&filter_config(
+            o.addr,
+            &format!(
+                "[key_sets.idp]\njwks_url = \"http://127.0.0.1:{dead}/jwks\"\n[[routes]]\nname = \"r\"\nupstream = \"app\"\n[[routes.filters]]\nmodule = \"jwt-auth\"\nkey_sets = [\"idp\"]\nconfig = {{ key_set = \"idp\", algorithms = [\"ES256\"] }}\n"
+            ),
+        ))
+        .await;
+        let r = client().get(gw.admin_url("/readyz")).send().await.unwrap();
+        assert_eq!(r.status(), 503);
+        assert!(r.text().await.unwrap().contains("key set `idp`: JWKS not fetched yet"));
+        let (key, _) = ec_key();
+        let t = jwt(serde_json::json!({"alg": "ES256", "kid": "x"}), serde_json::json!({"exp": now() + 60}), |i| {
+            key.sign(&ring::rand::SystemRandom::new(), i).unwrap().as_ref().to_vec()
+        });
+        let r = client().get(gw.url("/x")).bearer_auth(t).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("keys unavailable"));
+    });
+}
