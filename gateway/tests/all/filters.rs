@@ -377,9 +377,10 @@ async fn fail_open_skips_a_failing_filter() {
 fn load_error(template: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("edgegate.toml");
+    let [p_listen, p_admin] = free_ports::<2>();
     let text = template
-        .replace("{listen}", &format!("127.0.0.1:{}", free_port()))
-        .replace("{admin}", &format!("127.0.0.1:{}", free_port()));
+        .replace("{listen}", &format!("127.0.0.1:{p_listen}"))
+        .replace("{admin}", &format!("127.0.0.1:{p_admin}"));
     std::fs::write(&path, text).unwrap();
     match edgegate::state::Shared::load(
         edgegate::state::ConfigSource::File(path),
@@ -824,10 +825,11 @@ fn precompiled_components_are_cached_on_disk_by_content_hash() {
     bytes.extend_from_slice(&[0, 9, 8, b'c', b'a', b'c', b'h', b'e', b'-', b't', 1]);
     let component = dir.path().join("tenant.wasm");
     std::fs::write(&component, &bytes).unwrap();
+    let [p_listen, p_admin] = free_ports::<2>();
     let config = filter_config("127.0.0.1:9".parse().unwrap(), "[[routes]]\nname = \"r\"\nupstream = \"app\"\n[[routes.filters]]\npath = \"tenant.wasm\"\n")
         .replace("[server]\n", &format!("[server]\nfilter_cache_dir = \"{}\"\n", cache.path().display()))
-        .replace("{listen}", &format!("127.0.0.1:{}", free_port()))
-        .replace("{admin}", &format!("127.0.0.1:{}", free_port()));
+        .replace("{listen}", &format!("127.0.0.1:{p_listen}"))
+        .replace("{admin}", &format!("127.0.0.1:{p_admin}"));
     let path = dir.path().join("edgegate.toml");
     std::fs::write(&path, config).unwrap();
     let load = || {

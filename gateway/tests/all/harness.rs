@@ -155,11 +155,16 @@ async fn answer(
 
 /// A port that was free a moment ago (Pingora binds its own listeners).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct ports that were free a moment ago: all bound at once, so the
+/// kernel cannot hand the same one out twice.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 /// A gateway running in this process.
@@ -183,11 +188,10 @@ impl Gateway {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, template: &str) -> Gateway {
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let extra: Vec<SocketAddr> = (1..=2)
-            .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
-            .collect();
+        let [p_http, p_admin, p_extra1, p_extra2] = free_ports::<4>();
+        let addr = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+        let (http, admin) = (addr(p_http), addr(p_admin));
+        let extra = vec![addr(p_extra1), addr(p_extra2)];
         let text = fill(template, http, admin, &extra, dir.path());
         let config_path = dir.path().join("edgegate.toml");
         std::fs::write(&config_path, text).unwrap();

@@ -133,9 +133,10 @@ fn check_accepts_every_example_and_names_file_line_key_on_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_in_round_robin_json_access_log_and_sigterm_drain() {
     let (a, b) = (Origin::start("a").await, Origin::start("b").await);
+    let [p_listen, p_admin] = free_ports::<2>();
     let (listen, admin) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{p_listen}"),
+        format!("127.0.0.1:{p_admin}"),
     );
     let mut p = Proc::spawn(&[
         "--upstream",
@@ -245,9 +246,10 @@ async fn drop_in_round_robin_json_access_log_and_sigterm_drain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_a_good_config_and_rejects_a_bad_one() {
     let (a, b) = (Origin::start("a").await, Origin::start("b").await);
+    let [p_listen, p_admin] = free_ports::<2>();
     let (listen, admin) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{p_listen}"),
+        format!("127.0.0.1:{p_admin}"),
     );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("edgegate.toml");
