@@ -37,17 +37,6 @@ fn wasm(name: &str) -> String {
         .to_string()
 }
 
-async fn metrics(gw: &Gateway) -> String {
-    client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_filter_edits_requests_and_responses_with_templates() {
     let o = Origin::start("o").await;
@@ -80,7 +69,7 @@ config.response.append = { "x-served-by" = "{pop}/{route}" }
     assert_eq!(seen.headers["x-edge-pop"], "filter-pop");
     assert_eq!(seen.headers["x-rid"], "rid-7");
     assert!(!seen.headers.contains_key("x-internal-debug"));
-    let m = metrics(&gw).await;
+    let m = gw.metrics().await;
     assert!(
         m.contains(
             "edgegate_filter_decisions_total{decision=\"edit\",filter=\"headers\",route=\"web\"} 2"
@@ -315,7 +304,7 @@ async fn spinning_filter_is_stopped_and_other_routes_keep_serving_under_load() {
         good_ok.load(Ordering::SeqCst),
         "the spinning route never reached the origin"
     );
-    let m = metrics(&gw).await;
+    let m = gw.metrics().await;
     assert!(
         m.contains(
             "edgegate_filter_errors_total{filter=\"spin\",kind=\"timeout\",route=\"bad\"} 4"
@@ -336,7 +325,7 @@ async fn memory_bomb_and_panic_fail_closed_then_next_requests_work() {
             200
         );
     }
-    let m = metrics(&gw).await;
+    let m = gw.metrics().await;
     assert!(m.contains("kind=\"out_of_memory\",route=\"bad\"} 3"), "{m}");
 
     let gw = Gateway::start(&bad_filter_config(o.addr, "panic_filter", "fail-closed")).await;
@@ -359,7 +348,7 @@ async fn memory_bomb_and_panic_fail_closed_then_next_requests_work() {
         200,
         "a fresh instance serves the next request"
     );
-    let m = metrics(&gw).await;
+    let m = gw.metrics().await;
     assert!(
         m.contains(
             "edgegate_filter_errors_total{filter=\"panic_filter\",kind=\"trap\",route=\"bad\"} 1"
@@ -1101,7 +1090,7 @@ async fn noop_filter_passes_requests_and_is_counted() {
         );
     }
     assert_eq!(o.hits(), 3);
-    let m = metrics(&gw).await;
+    let m = gw.metrics().await;
     assert!(
         m.contains(
             "edgegate_filter_decisions_total{decision=\"continue\",filter=\"noop\",route=\"r\"} 3"

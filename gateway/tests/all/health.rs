@@ -12,14 +12,7 @@ fn checked_config(backends: &[std::net::SocketAddr]) -> String {
 }
 
 async fn backend_state(gw: &Gateway) -> Vec<serde_json::Value> {
-    let status: serde_json::Value = client()
-        .get(gw.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = gw.status().await;
     status["upstreams"]["app"].as_array().unwrap().clone()
 }
 
@@ -65,14 +58,7 @@ async fn active_check_marks_backends_down_and_up_and_readyz_follows() {
             .contains("no healthy backend"),
         "{body}"
     );
-    let m = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = gw.metrics().await;
     assert!(m.contains(&format!(
         "edgegate_upstream_backend_healthy{{backend=\"{}\",upstream=\"app\"}} 0",
         b.addr
@@ -174,14 +160,7 @@ async fn admin_is_separate_from_public_listeners() {
         .await
         .unwrap();
     assert_eq!(r.status(), 405, "drain is POST only");
-    let status: serde_json::Value = client()
-        .get(gw.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = gw.status().await;
     assert_eq!(status["pop"], "test-pop");
     assert_eq!(status["config_generation"], 1);
     assert!(status["version"].is_string() && status["uptime_seconds"].is_number());

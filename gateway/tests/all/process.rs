@@ -81,6 +81,18 @@ impl Drop for Proc {
     }
 }
 
+/// Runs `cmd`, asserts it exited 0 (showing both streams if not), returns stdout.
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 async fn wait_up(admin: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -377,19 +389,13 @@ fn filter_test_runs_a_routes_chain_from_a_real_config() {
     let req = dir.path().join("req.http");
     std::fs::write(&req, "GET /api/items HTTP/1.1\nHost: example.com\n\n").unwrap();
     let example = repo().join("policies/examples/auth-ratelimit.toml");
-    let out = Command::new(BIN)
-        .args(["filter", "test", "--config"])
-        .arg(&example)
-        .args(["--route", "api", "--request"])
-        .arg(&req)
-        .args(["--expect", "respond:401"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = run_ok(
+        Command::new(BIN)
+            .args(["filter", "test", "--config"])
+            .arg(&example)
+            .args(["--route", "api", "--request"])
+            .arg(&req)
+            .args(["--expect", "respond:401"]),
     );
     assert!(
         stdout.contains("www-authenticate: Bearer realm=\"edgegate\""),
@@ -400,21 +406,15 @@ fn filter_test_runs_a_routes_chain_from_a_real_config() {
     let spin = guest_dir().join("spin.wasm");
     let cfg = dir.path().join("spin.toml");
     std::fs::write(&cfg, "[filter]\ntimeout = \"20ms\"\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["filter", "test", "--component"])
-        .arg(&spin)
-        .arg("--filter-config")
-        .arg(&cfg)
-        .arg("--request")
-        .arg(&req)
-        .args(["--expect", "fail"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = run_ok(
+        Command::new(BIN)
+            .args(["filter", "test", "--component"])
+            .arg(&spin)
+            .arg("--filter-config")
+            .arg(&cfg)
+            .arg("--request")
+            .arg(&req)
+            .args(["--expect", "fail"]),
     );
     assert!(stdout.contains("timeout"), "{stdout}");
 }

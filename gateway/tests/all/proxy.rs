@@ -181,28 +181,14 @@ async fn fails_over_when_a_backend_is_down_and_ejects_it() {
     }
     assert_eq!(live.hits(), 10);
     // Passive ejection: the dead backend is marked and reported.
-    let status: serde_json::Value = client()
-        .get(gw.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = gw.status().await;
     let backends = status["upstreams"]["app"].as_array().unwrap();
     let dead_state = backends
         .iter()
         .find(|b| b["backend"] == dead.to_string())
         .unwrap();
     assert_eq!(dead_state["ejected"], true, "{status}");
-    let metrics = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(metrics.contains(&format!(
         "edgegate_upstream_errors_total{{backend=\"{dead}\",kind=\"connect\",upstream=\"app\"}}"
     )));
@@ -432,14 +418,7 @@ async fn access_log_counts_requests_by_route_and_status() {
     // the last request may be counted a moment after its response.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let m = loop {
-        let m = client()
-            .get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = gw.metrics().await;
         if m.contains("edgegate_requests_total{route=\"all\",status=\"200\"} 3") {
             break m;
         }

@@ -93,14 +93,7 @@ async fn good_reload_swaps_routes_bad_reload_keeps_serving() {
             .headers()["x-origin"],
         "b"
     );
-    let status: serde_json::Value = client()
-        .get(gw.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = gw.status().await;
     assert!(status["last_reload_error"]
         .as_str()
         .unwrap()
@@ -138,14 +131,7 @@ async fn good_reload_swaps_routes_bad_reload_keeps_serving() {
             .status(),
         200
     );
-    let m = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = gw.metrics().await;
     assert!(
         m.contains("edgegate_config_reloads_total{result=\"error\"} 3"),
         "{m}"
