@@ -52,6 +52,9 @@ struct RunArgs {
     /// Drop-in mode: how long readyz fails before shutdown on SIGTERM or drain (e.g. `10s`).
     #[arg(long, value_name = "DURATION")]
     drain_window: Option<String>,
+    /// Drop-in mode: cache what the origin marks cacheable, in this much memory (e.g. `256MiB`).
+    #[arg(long, value_name = "SIZE")]
+    cache: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -342,9 +345,14 @@ fn drop_in_config(args: &RunArgs) -> Result<RawConfig, String> {
             ..Default::default()
         },
     );
+    raw.cache.size = args.cache.clone();
     raw.routes = vec![RouteConfig {
         name: "default".into(),
         upstream: "default".into(),
+        cache: args
+            .cache
+            .as_ref()
+            .map(|_| policies::raw::RouteCacheConfig::default()),
         ..Default::default()
     }];
     Ok(raw)
@@ -558,6 +566,19 @@ mod tests {
         let c = policies::from_raw(&raw, "<command line>", &machine_defaults()).unwrap();
         assert_eq!(c.upstreams["default"].backends.len(), 2);
         assert_eq!(c.routes.find("anything", "/x"), Some(0));
+        assert!(c.routes.routes()[0].cache.is_none());
+        let args = RunArgs {
+            cache: Some("64MiB".into()),
+            ..args
+        };
+        let c = policies::from_raw(
+            &drop_in_config(&args).unwrap(),
+            "<command line>",
+            &machine_defaults(),
+        )
+        .unwrap();
+        assert_eq!(c.cache.size, 64 << 20);
+        assert!(c.routes.routes()[0].cache.is_some());
     }
 
     #[test]

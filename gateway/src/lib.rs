@@ -17,6 +17,7 @@
 //! - [`demo`]: the built-in origin of `edgegate demo`.
 
 pub mod admin;
+pub mod cache;
 pub mod cli;
 pub mod demo;
 pub mod filter_host;

@@ -2,8 +2,8 @@
 //! several gateways can live in one test process).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// All metrics of one gateway.
@@ -33,6 +33,24 @@ pub struct Metrics {
     pub filter_instantiate: HistogramVec,
     /// `edgegate_filter_run_seconds{filter}`
     pub filter_run: HistogramVec,
+    /// `edgegate_cache_requests_total{route,result}`
+    pub cache_requests: IntCounterVec,
+    /// `edgegate_cache_coalesced_total{route}`: requests that waited on another's fill
+    pub cache_coalesced: IntCounterVec,
+    /// `edgegate_cache_evictions_total` (brought up to date at scrape time)
+    pub cache_evictions: IntCounter,
+    /// `edgegate_cache_too_large_total` (brought up to date at scrape time)
+    pub cache_too_large: IntCounter,
+    /// `edgegate_cache_bytes` (set at scrape time)
+    pub cache_bytes: IntGauge,
+    /// `edgegate_cache_objects` (set at scrape time)
+    pub cache_objects: IntGauge,
+    /// `edgegate_cache_capacity_bytes` (set at scrape time)
+    pub cache_capacity: IntGauge,
+    /// `edgegate_cache_purges_total{kind}`
+    pub cache_purges: IntCounterVec,
+    /// `edgegate_cache_purged_objects_total{kind}`
+    pub cache_purged_objects: IntCounterVec,
 }
 
 impl Metrics {
@@ -124,7 +142,65 @@ impl Metrics {
         registry.register(Box::new(filter_errors.clone()))?;
         registry.register(Box::new(filter_instantiate.clone()))?;
         registry.register(Box::new(filter_run.clone()))?;
+        let cache_requests = IntCounterVec::new(
+            Opts::new(
+                "edgegate_cache_requests_total",
+                "Requests on caching routes by cache result (hit, stale, miss, expired, revalidated, bypass)",
+            ),
+            &["route", "result"],
+        )?;
+        let cache_coalesced = IntCounterVec::new(
+            Opts::new(
+                "edgegate_cache_coalesced_total",
+                "Requests that waited for another request's fill of the same key",
+            ),
+            &["route"],
+        )?;
+        let cache_evictions = IntCounter::new(
+            "edgegate_cache_evictions_total",
+            "Objects evicted to stay within the cache size",
+        )?;
+        let cache_too_large = IntCounter::new(
+            "edgegate_cache_too_large_total",
+            "Fills dropped because the body outgrew the object size cap",
+        )?;
+        let cache_bytes = IntGauge::new("edgegate_cache_bytes", "Bytes held by the cache")?;
+        let cache_objects = IntGauge::new("edgegate_cache_objects", "Objects held by the cache")?;
+        let cache_capacity =
+            IntGauge::new("edgegate_cache_capacity_bytes", "The cache's byte bound")?;
+        let cache_purges = IntCounterVec::new(
+            Opts::new(
+                "edgegate_cache_purges_total",
+                "Purge operations by kind (url, prefix, tag, invalidation)",
+            ),
+            &["kind"],
+        )?;
+        let cache_purged_objects = IntCounterVec::new(
+            Opts::new(
+                "edgegate_cache_purged_objects_total",
+                "Objects removed or marked stale by purges, by kind",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(cache_requests.clone()))?;
+        registry.register(Box::new(cache_coalesced.clone()))?;
+        registry.register(Box::new(cache_evictions.clone()))?;
+        registry.register(Box::new(cache_too_large.clone()))?;
+        registry.register(Box::new(cache_bytes.clone()))?;
+        registry.register(Box::new(cache_objects.clone()))?;
+        registry.register(Box::new(cache_capacity.clone()))?;
+        registry.register(Box::new(cache_purges.clone()))?;
+        registry.register(Box::new(cache_purged_objects.clone()))?;
         Ok(Self {
+            cache_requests,
+            cache_coalesced,
+            cache_evictions,
+            cache_too_large,
+            cache_bytes,
+            cache_objects,
+            cache_capacity,
+            cache_purges,
+            cache_purged_objects,
             registry,
             requests,
             duration,
@@ -145,6 +221,11 @@ impl Metrics {
     /// request path does no label hashing.
     pub fn route(&self, route: &str) -> RouteMetrics {
         RouteMetrics {
+            cache: crate::cache::CacheResult::ALL
+                .iter()
+                .map(|r| self.cache_requests.with_label_values(&[route, r.label()]))
+                .collect(),
+            coalesced: self.cache_coalesced.with_label_values(&[route]),
             duration: self.duration.with_label_values(&[route]),
             requests: STATUS_LABELS
                 .iter()
@@ -199,6 +280,10 @@ pub struct RouteMetrics {
     pub duration: prometheus::Histogram,
     /// Requests by [`status_index`].
     pub requests: Vec<prometheus::IntCounter>,
+    /// Cache results by [`crate::cache::CacheResult`] index.
+    pub cache: Vec<prometheus::IntCounter>,
+    /// Requests that waited on another request's fill.
+    pub coalesced: prometheus::IntCounter,
 }
 
 impl RouteMetrics {

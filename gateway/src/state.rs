@@ -57,6 +57,14 @@ pub enum LoadError {
         "listeners changed ({0}); they are bound at start, restart edgegate to apply this change"
     )]
     ListenersChanged(String),
+    /// The purge token file cannot be read.
+    #[error("cache.purge_token_file `{path}`: {source}")]
+    PurgeToken {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// One complete, immutable serving state.
@@ -82,6 +90,8 @@ pub struct Generation {
     pub watched: Vec<(PathBuf, Option<SystemTime>)>,
     /// When it was applied.
     pub loaded_at: SystemTime,
+    /// The bearer token `/admin/purge` requires, if any.
+    pub purge_token: Option<String>,
 }
 
 /// Header names and values the request path would otherwise rebuild per request.
@@ -134,6 +144,8 @@ pub struct Shared {
     defaults: Defaults,
     /// Metrics registry.
     pub metrics: Metrics,
+    /// The response cache (outlives generations).
+    pub cache: crate::cache::Cache,
     /// TLS resolvers by listener name (fixed at start; contents reload).
     pub tls: Vec<(String, Arc<SniResolver>)>,
     draining: AtomicBool,
@@ -198,8 +210,20 @@ fn build_generation(
             (p, mtime)
         })
         .collect();
+    let purge_token = match (&config.cache.purge_token, &config.cache.purge_token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|source| LoadError::PurgeToken {
+                path: path.clone(),
+                source,
+            })?;
+            Some(text.trim_end_matches(['\r', '\n']).to_string())
+        }
+        (None, None) => None,
+    };
     Ok(Generation {
         id,
+        purge_token,
         watched,
         config: Arc::new(config),
         upstreams,
@@ -237,6 +261,7 @@ fn watched_files(config: &Config) -> Vec<PathBuf> {
             }
         }
     }
+    files.extend(config.cache.purge_token_file.iter().cloned());
     for k in config.key_sets.values() {
         files.extend(k.jwks_file.iter().cloned());
         files.extend(k.hmac_secret_files.values().cloned());
@@ -287,6 +312,7 @@ impl Shared {
         let metrics = Metrics::new()?;
         let generation = build_generation(1, config, None, &metrics)?;
         metrics.config_generation.set(1);
+        let cache = crate::cache::Cache::new(generation.config.cache.size);
         let tls = stores
             .into_iter()
             .map(|(name, store)| (name, Arc::new(SniResolver::new(store))))
@@ -297,6 +323,7 @@ impl Shared {
             source,
             defaults,
             metrics,
+            cache,
             tls,
             draining: AtomicBool::new(false),
             drain_tx,
@@ -362,6 +389,7 @@ impl Shared {
                 resolver.replace(store);
             }
         }
+        self.cache.store.resize(generation.config.cache.size);
         self.current.store(Arc::new(generation));
         Ok(id)
     }

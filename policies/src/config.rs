@@ -32,6 +32,57 @@ pub struct Config {
     pub rate_limits: BTreeMap<String, RateLimit>,
     /// Key sets by name.
     pub key_sets: BTreeMap<String, KeySet>,
+    /// The response cache store.
+    pub cache: CacheSettings,
+}
+
+/// The process-wide response cache store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSettings {
+    /// Total bytes held.
+    pub size: u64,
+    /// Bearer token `/admin/purge` requires, inline.
+    pub purge_token: Option<String>,
+    /// Bearer token `/admin/purge` requires, from this file.
+    pub purge_token_file: Option<PathBuf>,
+    /// Show the cache key in `Cache-Status`.
+    pub debug: bool,
+}
+
+/// What of the query string goes into a cache key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryKey {
+    /// As the client sent it.
+    Keep,
+    /// Parameters sorted (stable for equal names).
+    Sort,
+    /// Not at all.
+    Ignore,
+}
+
+/// Caching on one route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachePolicy {
+    /// Largest body stored.
+    pub max_object_size: usize,
+    /// Lower-case request header names added to the key.
+    pub key_headers: Vec<String>,
+    /// Cookie names added to the key.
+    pub key_cookies: Vec<String>,
+    /// Query string handling in the key.
+    pub query: QueryKey,
+    /// Lifetime of responses marked cacheable without one.
+    pub default_ttl: Option<Duration>,
+    /// Stale-while-revalidate when the origin sends none.
+    pub stale_while_revalidate: Duration,
+    /// Stale-if-error when the origin sends none.
+    pub stale_if_error: Duration,
+    /// Store responses with `Set-Cookie`.
+    pub allow_set_cookie: bool,
+    /// Wait on another request's fill at most this long.
+    pub lock_timeout: Duration,
+    /// A client's `Cache-Control: no-cache` forces revalidation.
+    pub honor_client_no_cache: bool,
 }
 
 /// A rate-limit bucket definition: `burst` requests at once, refilled at

@@ -40,6 +40,62 @@ pub struct RawConfig {
     /// Key sets by name (for signature checks by the host), granted to filters per route.
     #[serde(default)]
     pub key_sets: BTreeMap<String, KeySetConfig>,
+    /// The in-memory response cache shared by every route that enables it.
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// `[cache]`: the process-wide store.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Total bytes held (bodies, headers and keys), e.g. `256MiB`. Default `256MiB`.
+    /// Changing it on reload rebuilds the store, keeping what fits.
+    pub size: Option<String>,
+    /// Bearer token `/admin/purge` requires. Default: none (the admin listener
+    /// is the only gate).
+    pub purge_token: Option<String>,
+    /// The same, read from a file (trailing newline dropped).
+    pub purge_token_file: Option<String>,
+    /// Add the `key` parameter to `Cache-Status` (shows the cache key to clients). Default false.
+    pub debug: Option<bool>,
+}
+
+/// `[routes.cache]`: caching on one route.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheConfig {
+    /// Cache on this route. Default true when the table is present.
+    pub enabled: Option<bool>,
+    /// Largest body stored; larger responses stream through uncached. Default `8MiB`.
+    pub max_object_size: Option<String>,
+    /// Request headers whose values are part of the key (beyond what `Vary` asks for).
+    #[serde(default)]
+    pub key_headers: Vec<String>,
+    /// Cookies whose values are part of the key.
+    #[serde(default)]
+    pub key_cookies: Vec<String>,
+    /// Query string in the key: `keep` (default, as sent), `sort` (parameters
+    /// sorted, so `?b=1&a=2` and `?a=2&b=1` share an entry) or `ignore`.
+    pub query: Option<String>,
+    /// Lifetime for responses the origin marks cacheable (e.g. `public`) but
+    /// gives no lifetime and no validator for heuristics. Default: none.
+    pub default_ttl: Option<String>,
+    /// Serve stale while revalidating in the background for this long when the
+    /// origin sends no `stale-while-revalidate`. Default `0s`.
+    pub stale_while_revalidate: Option<String>,
+    /// Serve stale when the origin fails for this long when the origin sends
+    /// no `stale-if-error`. Default `0s`.
+    pub stale_if_error: Option<String>,
+    /// Store responses that carry `Set-Cookie` (the cookie is then served to
+    /// everyone). Default false.
+    pub allow_set_cookie: Option<bool>,
+    /// How long concurrent misses for one key wait for the first one's
+    /// response before going to the origin themselves. Default `5s`.
+    pub lock_timeout: Option<String>,
+    /// Let a client's `Cache-Control: no-cache` force revalidation. Default
+    /// false: anyone could otherwise make the PoP hammer the origin.
+    pub honor_client_no_cache: Option<bool>,
 }
 
 /// `[rate_limits.NAME]`
@@ -266,6 +322,8 @@ pub struct RouteConfig {
     /// Filters, run in this order on requests (reverse order on responses).
     #[serde(default)]
     pub filters: Vec<FilterConfig>,
+    /// Response caching on this route (off when absent).
+    pub cache: Option<RouteCacheConfig>,
 }
 
 /// `[routes.timeouts]`

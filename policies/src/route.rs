@@ -77,6 +77,8 @@ pub struct Route {
     pub limits: Limits,
     /// Filters in request order.
     pub filters: Vec<crate::config::FilterSpec>,
+    /// Response caching, when on.
+    pub cache: Option<crate::config::CachePolicy>,
 }
 
 /// Index of a route in [`RouteTable::routes`].
@@ -203,6 +205,7 @@ mod tests {
                 max_body_bytes: 1,
             },
             filters: Vec::new(),
+            cache: None,
         }
     }
 

@@ -326,7 +326,36 @@ pub(crate) fn validate(
         routes.push(route);
     }
 
+    let cache = ctx.scoped(PathSeg::Key("cache".into()), |c| {
+        let k = &raw.cache;
+        let size = c.size("size", &k.size, 256 << 20)?;
+        if size < (64 << 10) {
+            return Err(c.err("size", "must be at least 64KiB"));
+        }
+        if k.purge_token.is_some() && k.purge_token_file.is_some() {
+            return Err(c.err(
+                "purge_token_file",
+                "set `purge_token` or `purge_token_file`, not both",
+            ));
+        }
+        if let Some(t) = &k.purge_token {
+            if t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(c.err(
+                    "purge_token",
+                    "must be at least 16 printable characters without spaces",
+                ));
+            }
+        }
+        Ok(CacheSettings {
+            size,
+            purge_token: k.purge_token.clone(),
+            purge_token_file: k.purge_token_file.as_ref().map(|f| base_dir.join(f)),
+            debug: k.debug.unwrap_or(false),
+        })
+    })?;
+
     Ok(Config {
+        cache,
         pop_name,
         server,
         log,
@@ -713,7 +742,14 @@ fn validate_route(
         }
         filters.push(spec);
     }
+    let cache = match &r.cache {
+        None => None,
+        Some(rc) => c.scoped(PathSeg::Key("cache".into()), |c| {
+            validate_route_cache(c, rc)
+        })?,
+    };
     Ok(Route {
+        cache,
         name: r.name.clone(),
         host,
         path,
@@ -724,6 +760,70 @@ fn validate_route(
         limits,
         filters,
     })
+}
+
+fn validate_route_cache(
+    c: &mut Ctx,
+    rc: &RouteCacheConfig,
+) -> Result<Option<CachePolicy>, KeyError> {
+    fn token_list(c: &Ctx, key: &str, names: &[String]) -> Result<Vec<String>, KeyError> {
+        let mut out = Vec::new();
+        for n in names {
+            let ok = !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !ok {
+                return Err(c.err(key, format!("`{n}` is not a valid name")));
+            }
+            out.push(n.clone());
+        }
+        Ok(out)
+    }
+    let max_object_size = c.size("max_object_size", &rc.max_object_size, 8 << 20)?;
+    if max_object_size == 0 || max_object_size > (1 << 30) {
+        return Err(c.err("max_object_size", "must be between 1 byte and 1GiB"));
+    }
+    let query = match rc.query.as_deref() {
+        None | Some("keep") => QueryKey::Keep,
+        Some("sort") => QueryKey::Sort,
+        Some("ignore") => QueryKey::Ignore,
+        Some(other) => {
+            return Err(c.err(
+                "query",
+                format!("expected `keep`, `sort` or `ignore`, got `{other}`"),
+            ))
+        }
+    };
+    let default_ttl = match &rc.default_ttl {
+        None => None,
+        Some(_) => Some(c.duration("default_ttl", &rc.default_ttl, Duration::ZERO)?),
+    };
+    let lock_timeout = c.duration("lock_timeout", &rc.lock_timeout, Duration::from_secs(5))?;
+    if lock_timeout.is_zero() {
+        return Err(c.err("lock_timeout", "must be longer than 0"));
+    }
+    if rc.enabled == Some(false) {
+        return Ok(None);
+    }
+    Ok(Some(CachePolicy {
+        max_object_size: max_object_size as usize,
+        key_headers: token_list(c, "key_headers", &rc.key_headers)?
+            .into_iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        key_cookies: token_list(c, "key_cookies", &rc.key_cookies)?,
+        query,
+        default_ttl,
+        stale_while_revalidate: c.duration(
+            "stale_while_revalidate",
+            &rc.stale_while_revalidate,
+            Duration::ZERO,
+        )?,
+        stale_if_error: c.duration("stale_if_error", &rc.stale_if_error, Duration::ZERO)?,
+        allow_set_cookie: rc.allow_set_cookie.unwrap_or(false),
+        lock_timeout,
+        honor_client_no_cache: rc.honor_client_no_cache.unwrap_or(false),
+    }))
 }
 
 #[cfg(test)]

@@ -12,6 +12,13 @@
 //! | `GET /metrics`      | Prometheus text format                                             |
 //! | `POST /admin/drain` | readyz fails at once, traffic still served, shutdown after window  |
 //! | `POST /admin/reload`| same as `SIGHUP`: 200 with the new generation, or 409 + the error   |
+//! | `POST /admin/purge` | cache purge: `?url=`, `?host=&prefix=` or `?tag=`; `&soft=1` marks stale |
+//!
+//! Purges need `Authorization: Bearer <cache.purge_token>` when a token is
+//! configured. A URL purge removes every variant stored for the URL (all
+//! `Vary` variants, both schemes, every key header value); a soft purge
+//! keeps the objects but marks them stale, so they revalidate and can still
+//! be served under `stale-if-error`.
 
 use crate::state::Shared;
 use async_trait::async_trait;
@@ -32,9 +39,16 @@ impl AdminApp {
         Self { shared }
     }
 
-    /// Answers one admin request (also used directly by tests).
-    pub fn handle(&self, method: &Method, path: &str) -> Response<Vec<u8>> {
-        let path = path.split('?').next().unwrap_or(path);
+    /// Answers one admin request.
+    pub fn handle(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        authorization: Option<&str>,
+    ) -> Response<Vec<u8>> {
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
         match (method, path) {
             (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET | &Method::HEAD, "/readyz") => {
@@ -59,8 +73,10 @@ impl AdminApp {
             (&Method::GET | &Method::HEAD, "/status") => {
                 json_response(StatusCode::OK, self.status())
             }
+            (&Method::POST, "/admin/purge") => self.purge(query, authorization),
             (&Method::GET | &Method::HEAD, "/metrics") => {
                 self.refresh_health_gauges();
+                self.shared.cache.refresh_metrics(&self.shared.metrics);
                 Response::builder()
                     .status(StatusCode::OK)
                     .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
@@ -86,10 +102,107 @@ impl AdminApp {
             },
             (
                 _,
-                "/healthz" | "/readyz" | "/status" | "/metrics" | "/admin/drain" | "/admin/reload",
+                "/healthz" | "/readyz" | "/status" | "/metrics" | "/admin/drain" | "/admin/reload"
+                | "/admin/purge",
             ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
+    }
+
+    fn purge(&self, query: &str, authorization: Option<&str>) -> Response<Vec<u8>> {
+        let g = self.shared.current();
+        if let Some(token) = &g.purge_token {
+            let given = authorization
+                .and_then(|a| a.strip_prefix("Bearer "))
+                .unwrap_or_default();
+            if !constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+                return json_response(
+                    StatusCode::UNAUTHORIZED,
+                    json!({"error": "purge needs `Authorization: Bearer <cache.purge_token>`"}),
+                );
+            }
+        }
+        let mut url = None;
+        let mut host = None;
+        let mut prefix = None;
+        let mut tags = Vec::new();
+        let mut soft = false;
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match &*k {
+                "url" => url = Some(v.into_owned()),
+                "host" => host = Some(v.into_owned()),
+                "prefix" => prefix = Some(v.into_owned()),
+                "tag" => tags.push(v.into_owned()),
+                "soft" => soft = matches!(&*v, "1" | "true" | "yes"),
+                other => {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        json!({"error": format!("unknown parameter `{other}` (url, host, prefix, tag, soft)")}),
+                    )
+                }
+            }
+        }
+        let store = self.shared.cache.store;
+        let metrics = &self.shared.metrics;
+        let count = |kind: &str, n: u64| {
+            metrics.cache_purges.with_label_values(&[kind]).inc();
+            metrics
+                .cache_purged_objects
+                .with_label_values(&[kind])
+                .inc_by(n);
+            n
+        };
+        let purged = match (url, host, prefix, tags.is_empty()) {
+            (Some(u), None, None, true) => {
+                let Ok(uri) = u.parse::<http::Uri>() else {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        json!({"error": format!("`{u}` is not a URL")}),
+                    );
+                };
+                let Some(h) = uri.host() else {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        json!({"error": "`url` needs a host: http://HOST/PATH"}),
+                    );
+                };
+                let h = policies::route::normalize_host(h);
+                let routes = &g.config.routes;
+                let query_mode = routes
+                    .find(&h, uri.path())
+                    .and_then(|id| routes.get(id))
+                    .and_then(|r| r.cache.as_ref())
+                    .map_or(policies::QueryKey::Keep, |p| p.query);
+                let id = crate::cache::key::url_identity(&h, uri.path(), uri.query(), query_mode);
+                count("url", store.purge_url(&id, soft))
+            }
+            (None, Some(h), prefix, true) => {
+                let p = prefix.unwrap_or_else(|| "/".into());
+                if !p.starts_with('/') {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        json!({"error": "`prefix` must start with `/`"}),
+                    );
+                }
+                let mut id = policies::route::normalize_host(&h)
+                    .into_owned()
+                    .into_bytes();
+                id.push(b'\n');
+                id.extend_from_slice(p.as_bytes());
+                count("prefix", store.purge_prefix(&id, soft))
+            }
+            (None, None, None, false) => {
+                let n = tags.iter().map(|t| store.purge_tag(t, soft)).sum();
+                count("tag", n)
+            }
+            _ => {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "give one of `url`, `host` (with optional `prefix`) or `tag`"}),
+                )
+            }
+        };
+        json_response(StatusCode::OK, json!({"purged": purged, "soft": soft}))
     }
 
     fn refresh_health_gauges(&self) {
@@ -144,6 +257,11 @@ impl AdminApp {
     }
 }
 
+/// Compares without an early exit (a token check must not leak by timing).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn text(status: StatusCode, body: &str) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
@@ -168,18 +286,27 @@ fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Vec<u
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
-        let (method, path) = (req.method.clone(), req.uri.path().to_string());
-        // Reload reads files and resolves names: keep it off the async workers.
-        if method == Method::POST && path == "/admin/reload" {
+        let method = req.method.clone();
+        let path = req
+            .uri
+            .path_and_query()
+            .map_or_else(|| req.uri.path().to_string(), |p| p.as_str().to_string());
+        let authorization = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        // Reload reads files and purges walk the store: keep both off the async workers.
+        if method == Method::POST && (path == "/admin/reload" || path.starts_with("/admin/purge")) {
             let app = Self {
                 shared: Arc::clone(&self.shared),
             };
-            return tokio::task::spawn_blocking(move || app.handle(&method, &path))
-                .await
-                .unwrap_or_else(|_| {
-                    text(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed\n")
-                });
+            return tokio::task::spawn_blocking(move || {
+                app.handle(&method, &path, authorization.as_deref())
+            })
+            .await
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed\n"));
         }
-        self.handle(&method, &path)
+        self.handle(&method, &path, authorization.as_deref())
     }
 }

@@ -18,13 +18,15 @@
 pub mod errors;
 mod headers;
 
+use crate::cache::{self as edge_cache, CacheCtx};
 use crate::filter_host::apply::{self, RequestPhase};
 use crate::filter_host::RequestFacts;
 use crate::state::{Generation, Shared};
 use async_trait::async_trait;
 use bytes::Bytes;
 use errors::{client_status, Refusal};
-use pingora::http::ResponseHeader;
+use pingora::cache::{CacheKey, CacheMeta, CacheOptionOverrides, RespCacheable};
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -48,6 +50,8 @@ pub struct RequestCtx {
     facts: Option<RequestFacts>,
     /// Normalised host the request was routed by.
     authority: String,
+    /// Set on routes with caching on.
+    cache: Option<Box<CacheCtx>>,
 }
 
 impl RequestCtx {
@@ -82,6 +86,57 @@ impl EdgeProxy {
         let id_header = ctx.generation.hot.request_id_header.clone();
         respond(session, status, body, &ctx.request_id, &id_header, close).await?;
         Ok(true)
+    }
+}
+
+impl EdgeProxy {
+    /// RFC 9111 §4.4: a successful unsafe request invalidates what is stored
+    /// for its URL and for the `Location` and `Content-Location` it answered
+    /// with, when those are on the same host.
+    fn invalidate_after_unsafe(&self, session: &Session, ctx: &RequestCtx) {
+        let method = &session.req_header().method;
+        if method.is_safe() {
+            return;
+        }
+        let req = session.req_header();
+        let host = policies::route::normalize_host(request_host(req)).into_owned();
+        let mut targets: Vec<(String, Option<String>)> = vec![(
+            req.uri.path().to_string(),
+            req.uri.query().map(str::to_string),
+        )];
+        if let Some(resp) = session.response_written() {
+            for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+                let Some(v) = resp.headers.get(name).and_then(|v| v.to_str().ok()) else {
+                    continue;
+                };
+                let Ok(uri) = v.parse::<http::Uri>() else {
+                    continue;
+                };
+                let same_host = uri
+                    .host()
+                    .is_none_or(|h| policies::route::normalize_host(h) == host);
+                if same_host && uri.path().starts_with('/') {
+                    targets.push((uri.path().to_string(), uri.query().map(str::to_string)));
+                }
+            }
+        }
+        let routes = &ctx.generation.config.routes;
+        for (path, query) in targets {
+            let Some(policy) = routes
+                .find(&host, &path)
+                .and_then(|id| routes.get(id))
+                .and_then(|r| r.cache.as_ref())
+            else {
+                continue;
+            };
+            let url = edge_cache::key::url_identity(&host, &path, query.as_deref(), policy.query);
+            let n = self.shared.cache.store.purge_url(&url, false);
+            let m = &self.shared.metrics;
+            m.cache_purges.with_label_values(&["invalidation"]).inc();
+            m.cache_purged_objects
+                .with_label_values(&["invalidation"])
+                .inc_by(n);
+        }
     }
 }
 
@@ -139,6 +194,18 @@ pub(crate) async fn respond(
     Ok(())
 }
 
+/// The host a request is for (from the URI or `Host`), without normalising.
+fn request_host(req: &RequestHeader) -> &str {
+    req.uri
+        .host()
+        .or_else(|| {
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or_default()
+}
+
 fn client_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
@@ -168,6 +235,7 @@ impl ProxyHttp for EdgeProxy {
             refusal: None,
             facts: None,
             authority: String::new(),
+            cache: None,
         }
     }
 
@@ -199,17 +267,8 @@ impl ProxyHttp for EdgeProxy {
         if chain.filters.is_empty() {
             return Ok(false);
         }
-        let req = session.req_header();
-        let host = req
-            .uri
-            .host()
-            .or_else(|| {
-                req.headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .unwrap_or_default();
-        ctx.authority = policies::route::normalize_host(host).into_owned();
+        ctx.authority =
+            policies::route::normalize_host(request_host(session.req_header())).into_owned();
         let mut facts = RequestFacts {
             client_ip: client_ip(session)
                 .map(|ip| ip.to_string())
@@ -416,6 +475,36 @@ impl ProxyHttp for EdgeProxy {
         let via = headers::via_appended(&resp.headers, hop);
         resp.insert_header(http::header::VIA, via)?;
         resp.insert_header(hot.request_id_header.clone(), ctx.request_id.as_str())?;
+        if let Some(cx) = ctx.cache.as_deref() {
+            let cache = &session.cache;
+            let fresh_until = cache.maybe_cache_meta().map(CacheMeta::fresh_until);
+            let waited = cache.enabled() && cache.lock_duration().is_some();
+            let out = edge_cache::outcome(
+                &ctx.generation.config.pop_name,
+                cache.phase(),
+                cx,
+                fresh_until,
+                waited,
+            );
+            resp.insert_header("cache-status", out.status)?;
+            for h in edge_cache::storage::TAG_HEADERS {
+                resp.remove_header(h);
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(cx) = ctx.cache.as_deref_mut() {
+            cx.fwd_status = Some(resp.status.as_u16());
+        }
+        // Response filters run before the cache stores the response, so what
+        // is cached is what they made of it.
         let generation = Arc::clone(&ctx.generation);
         if let (Some(facts), Some(chain)) = (
             ctx.facts.as_ref(),
@@ -441,6 +530,140 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         Ok(())
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
+        let Some(policy) = ctx.route().and_then(|r| r.cache.as_ref()) else {
+            return Ok(());
+        };
+        let mut cx = Box::<CacheCtx>::default();
+        let req = session.req_header();
+        if !matches!(req.method, http::Method::GET | http::Method::HEAD) {
+            cx.method_bypass = true;
+            ctx.cache = Some(cx);
+            return Ok(());
+        }
+        if policy.honor_client_no_cache {
+            use pingora::cache::cache_control::CacheControl;
+            cx.client_no_cache = CacheControl::from_req_headers(req).is_some_and(|c| c.no_cache())
+                || req
+                    .headers
+                    .get(http::header::PRAGMA)
+                    .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"no-cache"));
+        }
+        let lock_timeout = policy.lock_timeout;
+        ctx.cache = Some(cx);
+        let cache = &self.shared.cache;
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(lock_timeout);
+        session.cache.enable(
+            cache.store,
+            None,
+            Some(cache.predictor),
+            Some(cache.lock),
+            Some(overrides),
+        );
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Self::CTX) -> Result<CacheKey> {
+        let generation = Arc::clone(&ctx.generation);
+        let route = ctx
+            .route
+            .and_then(|id| generation.config.routes.get(id))
+            .ok_or_else(|| Error::explain(InternalError, "no route for a cached request"))?;
+        let policy = route
+            .cache
+            .as_ref()
+            .ok_or_else(|| Error::explain(InternalError, "route has no cache policy"))?;
+        let req = session.req_header();
+        let host = policies::route::normalize_host(request_host(req));
+        let url =
+            edge_cache::key::url_identity(&host, req.uri.path(), req.uri.query(), policy.query);
+        let primary = edge_cache::key::primary(&url, is_tls(session), req, policy, &[]);
+        if generation.config.cache.debug {
+            if let Some(cx) = ctx.cache.as_deref_mut() {
+                cx.key = Some(edge_cache::key::printable(&primary));
+            }
+        }
+        let mut key = CacheKey::new(primary, "");
+        key.extensions
+            .insert(edge_cache::storage::FillLimit(policy.max_object_size));
+        Ok(key)
+    }
+
+    fn cache_miss(&self, session: &mut Session, ctx: &mut Self::CTX) {
+        if let Some(cx) = ctx.cache.as_deref_mut() {
+            cx.missed = true;
+        }
+        session.cache.cache_miss();
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut pingora::cache::storage::HitHandler,
+        is_fresh: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<pingora::cache::ForcedFreshness>> {
+        let forced = ctx.cache.as_deref().is_some_and(|c| c.client_no_cache);
+        Ok((forced && is_fresh).then_some(pingora::cache::ForcedFreshness::ForceExpired))
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<RespCacheable> {
+        let Some(policy) = ctx.route().and_then(|r| r.cache.as_ref()) else {
+            return Ok(RespCacheable::Uncacheable(
+                pingora::cache::NoCacheReason::NeverEnabled,
+            ));
+        };
+        Ok(edge_cache::policy::decide(
+            policy,
+            session.req_header(),
+            resp,
+        ))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        ctx: &mut Self::CTX,
+        req: &RequestHeader,
+    ) -> Option<pingora::cache::key::HashBinary> {
+        let variance = edge_cache::key::variance(meta, req);
+        if let (Some(stored), Some(cx)) = (meta.variance(), ctx.cache.as_deref_mut()) {
+            if variance != Some(stored) {
+                cx.vary_miss = true;
+            }
+        }
+        variance
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+        error: Option<&Error>,
+    ) -> bool {
+        if let (Some(HTTPStatus(code)), Some(cx)) =
+            (error.map(|e| e.etype()), ctx.cache.as_deref_mut())
+        {
+            cx.fwd_status = Some(*code);
+        }
+        match error {
+            // Stale-while-revalidate: the stored response's window (from the
+            // origin or the route's grace) already allows it.
+            None => true,
+            Some(e) => match e.etype() {
+                HTTPStatus(code) => matches!(code, 500 | 502 | 503 | 504),
+                _ => e.esource() == &ErrorSource::Upstream,
+            },
+        }
     }
 
     async fn fail_to_proxy(
@@ -470,10 +693,22 @@ impl ProxyHttp for EdgeProxy {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route_name = ctx.route().map_or("-", |r| r.name.as_str());
         let elapsed = ctx.started.elapsed();
-        match ctx
+        let route_metrics = ctx
             .route
-            .and_then(|id| ctx.generation.route_metrics.get(id))
-        {
+            .and_then(|id| ctx.generation.route_metrics.get(id));
+        if let (Some(cx), Some(m)) = (ctx.cache.as_deref(), route_metrics) {
+            let cache = &session.cache;
+            let waited = cache.enabled() && cache.lock_duration().is_some();
+            let out = edge_cache::outcome("", cache.phase(), cx, None, waited);
+            m.cache[out.result.index()].inc();
+            if waited {
+                m.coalesced.inc();
+            }
+            if cx.method_bypass && (200..400).contains(&status) {
+                self.invalidate_after_unsafe(session, ctx);
+            }
+        }
+        match route_metrics {
             Some(m) => m.observe(status, elapsed.as_secs_f64()),
             None => {
                 let label = crate::metrics::STATUS_LABELS[crate::metrics::status_index(status)];

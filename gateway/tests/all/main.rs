@@ -5,6 +5,7 @@
 
 mod harness;
 
+mod cache;
 mod filters;
 mod health;
 mod process;
