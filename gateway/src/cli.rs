@@ -456,7 +456,7 @@ pub fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             println!(
-                "demo origin on http://{origin}\nedgegate on http://{listen}  (try: curl -i http://{listen}/)\nadmin on http://{admin}  (try: curl http://{admin}/readyz, /status, /metrics)"
+                "demo origin on http://{origin}\nedgegate on http://{listen}  (try: curl -i http://{listen}/ ; curl -i http://{listen}/static/a twice: Cache-Status)\nadmin on http://{admin}  (try: curl http://{admin}/readyz, /status, /metrics)"
             );
             serve(ConfigSource::Inline {
                 raw: Box::new(raw),

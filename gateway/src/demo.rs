@@ -1,5 +1,7 @@
 //! The built-in demo origin of `edgegate demo`: answers every request with
-//! what it received, so a newcomer sees the headers edgegate adds.
+//! what it received, so a newcomer sees the headers edgegate adds. Paths
+//! under `/static/` are marked cacheable for 30 seconds, so the demo's
+//! cached route shows `Cache-Status: demo; hit` on the second request.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -23,11 +25,18 @@ async fn answer(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Byt
             String::from_utf8_lossy(v.as_bytes())
         ));
     }
+    let cacheable = req.uri().path().starts_with("/static/");
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     resp.headers_mut().insert(
         "content-type",
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    if cacheable {
+        resp.headers_mut().insert(
+            "cache-control",
+            http::HeaderValue::from_static("public, max-age=30"),
+        );
+    }
     Ok(resp)
 }
 

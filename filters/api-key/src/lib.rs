@@ -133,6 +133,7 @@ impl Filter for ApiKey {
             },
             principal: Some(label.clone()),
             labels: vec![("api-key".into(), label)],
+            cache_key: Vec::new(),
             rewrite_path: None,
         })
     }

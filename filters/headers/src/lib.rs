@@ -9,6 +9,8 @@
 //! config.request.remove = ["x-internal-debug"]
 //! config.response.set = { "strict-transport-security" = "max-age=31536000" }
 //! config.response.append = { "x-served-by" = "{pop}" }
+//! # On a caching route: keep each authenticated user's responses apart.
+//! config.cache_key = ["{principal}"]
 //! ```
 
 use edgegate_filter_sdk::{
@@ -53,6 +55,9 @@ struct Config {
     request: Edits,
     #[serde(default)]
     response: Edits,
+    /// Parts added to the cache key (templates, like header values).
+    #[serde(default)]
+    cache_key: Vec<String>,
 }
 
 /// The route's config. It was validated when the filter loaded (a bad one
@@ -73,7 +78,7 @@ impl Filter for Headers {
     fn phases() -> Phases {
         let c = config();
         let mut p = Phases::empty();
-        if !c.request.is_empty() {
+        if !c.request.is_empty() || !c.cache_key.is_empty() {
             p |= Phases::REQUEST_HEAD;
         }
         if !c.response.is_empty() {
@@ -83,8 +88,10 @@ impl Filter for Headers {
     }
 
     fn on_request(_request: Request) -> RequestDecision {
+        let c = config();
         RequestDecision::Edit(RequestEdits {
-            headers: config().request.render(),
+            headers: c.request.render(),
+            cache_key: c.cache_key.iter().map(|t| render(t)).collect(),
             ..Default::default()
         })
     }

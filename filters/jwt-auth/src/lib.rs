@@ -293,6 +293,7 @@ impl Filter for JwtAuth {
             },
             principal,
             labels,
+            cache_key: Vec::new(),
             rewrite_path: None,
         })
     }

@@ -232,6 +232,7 @@ impl Default for RequestEdits {
             rewrite_path: None,
             principal: None,
             labels: Vec::new(),
+            cache_key: Vec::new(),
         }
     }
 }

@@ -138,8 +138,28 @@ fn apply_request_edits(
         facts.principal = Some(p.clone());
     }
     facts.labels.extend(edits.labels.iter().cloned());
+    if !edits.cache_key.is_empty() {
+        let parts = facts.cache_key.len() + edits.cache_key.len();
+        let bytes: usize = facts
+            .cache_key
+            .iter()
+            .chain(&edits.cache_key)
+            .map(String::len)
+            .sum();
+        if parts > MAX_CACHE_KEY_PARTS || bytes > MAX_CACHE_KEY_BYTES {
+            return Err(format!(
+                "cache-key parts over the limit ({parts} parts, {bytes} bytes; at most {MAX_CACHE_KEY_PARTS} and {MAX_CACHE_KEY_BYTES})"
+            ));
+        }
+        facts.cache_key.extend(edits.cache_key.iter().cloned());
+    }
     Ok(())
 }
+
+/// Most cache-key parts the filters of one request may add.
+const MAX_CACHE_KEY_PARTS: usize = 16;
+/// Most cache-key bytes the filters of one request may add.
+const MAX_CACHE_KEY_BYTES: usize = 1024;
 
 /// A response a filter answered with.
 pub struct FilterResponse {

@@ -90,6 +90,7 @@ pub async fn run(
         request_id: "local-test".into(),
         principal: None,
         labels: Vec::new(),
+        cache_key: Vec::new(),
     };
     let mut text = String::new();
     let _ = writeln!(
@@ -135,6 +136,9 @@ pub async fn run(
             }
             for (k, v) in &facts.labels {
                 let _ = writeln!(text, "label: {k}={v}");
+            }
+            for part in &facts.cache_key {
+                let _ = writeln!(text, "cache-key part: {part}");
             }
             if chain.has_response_phase() {
                 let mut resp = ResponseHeader::build(200, None).map_err(|e| e.to_string())?;

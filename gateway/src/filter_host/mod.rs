@@ -292,6 +292,8 @@ pub struct RequestFacts {
     pub principal: Option<String>,
     /// Set by earlier filters.
     pub labels: Vec<(String, String)>,
+    /// Cache-key parts added by filters.
+    pub cache_key: Vec<String>,
 }
 
 /// Per-store data: WASI plumbing, limits, and what the imports may reach.

@@ -279,6 +279,7 @@ impl ProxyHttp for EdgeProxy {
             request_id: ctx.request_id.clone(),
             principal: None,
             labels: Vec::new(),
+            cache_key: Vec::new(),
         };
         let outcome = if chain.has_request_phase() {
             apply::run_request_phase(
@@ -580,7 +581,8 @@ impl ProxyHttp for EdgeProxy {
         let host = policies::route::normalize_host(request_host(req));
         let url =
             edge_cache::key::url_identity(&host, req.uri.path(), req.uri.query(), policy.query);
-        let primary = edge_cache::key::primary(&url, is_tls(session), req, policy, &[]);
+        let parts = ctx.facts.as_ref().map_or(&[][..], |f| &f.cache_key[..]);
+        let primary = edge_cache::key::primary(&url, is_tls(session), req, policy, parts);
         if generation.config.cache.debug {
             if let Some(cx) = ctx.cache.as_deref_mut() {
                 cx.key = Some(edge_cache::key::printable(&primary));

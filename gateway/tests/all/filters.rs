@@ -80,6 +80,7 @@ config.response.append = { "x-served-by" = "{pop}/{route}" }
 }
 
 const KEY_A_SHA256: &str = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"; // "secret"
+const KEY_B_SHA256: &str = "9c0ee26e4a1fbb028187486a7ea91f81f8ab81fcf467cba75107dbd3a64244d7"; // "other-secret"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_key_then_rate_limit_by_principal() {
@@ -1097,4 +1098,70 @@ async fn noop_filter_passes_requests_and_is_counted() {
         ),
         "{m}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_guard_the_cache_shape_what_is_stored_and_add_to_its_key() {
+    let o = Origin::start("o").await;
+    let gw = Gateway::start(&filter_config(
+        o.addr,
+        &format!(
+            r#"
+[[routes]]
+name = "cached"
+upstream = "app"
+[routes.cache]
+default_ttl = "60s"
+[[routes.filters]]
+module = "api-key"
+config.keys = [{{ sha256 = "{KEY_A_SHA256}", label = "team-a" }}, {{ sha256 = "{KEY_B_SHA256}", label = "team-b" }}]
+[[routes.filters]]
+module = "headers"
+config.cache_key = ["{{principal}}"]
+config.response.set = {{ "x-shaped" = "{{principal}}" }}
+"#
+        ),
+    ))
+    .await;
+    let get = |key: Option<&'static str>| {
+        let mut rb = client().get(gw.url("/page"));
+        if let Some(k) = key {
+            rb = rb.header("x-api-key", k);
+        }
+        async move {
+            let r = rb.send().await.unwrap();
+            let status = r.status().as_u16();
+            let shaped = r
+                .headers()
+                .get("x-shaped")
+                .map(|v| v.to_str().unwrap().to_string());
+            let cs = r
+                .headers()
+                .get("cache-status")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            (status, shaped, cs)
+        }
+    };
+    let (s, shaped, cs) = get(Some("secret")).await;
+    assert_eq!((s, shaped.as_deref()), (200, Some("team-a")));
+    assert!(cs.contains("fwd=uri-miss"), "{cs}");
+    let (_, shaped, cs) = get(Some("secret")).await;
+    assert!(cs.contains("hit"), "{cs}");
+    assert_eq!(
+        shaped.as_deref(),
+        Some("team-a"),
+        "the response filter ran before the store"
+    );
+    let (_, shaped, cs) = get(Some("other-secret")).await;
+    assert!(
+        cs.contains("uri-miss"),
+        "another principal, another key: {cs}"
+    );
+    assert_eq!(shaped.as_deref(), Some("team-b"));
+    assert_eq!(o.hits(), 2);
+    // Auth runs before the lookup: cached content stays guarded.
+    let (s, _, _) = get(None).await;
+    assert_eq!(s, 401);
+    assert_eq!(o.hits(), 2);
 }

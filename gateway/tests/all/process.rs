@@ -418,3 +418,56 @@ fn filter_test_runs_a_routes_chain_from_a_real_config() {
     );
     assert!(stdout.contains("timeout"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_in_cache_flag_caches_what_the_origin_marks_cacheable() {
+    use crate::cache::{Reply, Scripted};
+    let origin = Scripted::start().await;
+    origin.set("/c", Reply::ok("max-age=60", "cacheable"));
+    origin.set("/u", Reply::ok("", "unmarked"));
+    let [p_listen, p_admin] = free_ports::<2>();
+    let (listen, admin) = (
+        format!("127.0.0.1:{p_listen}"),
+        format!("127.0.0.1:{p_admin}"),
+    );
+    let _p = Proc::spawn(&[
+        "--upstream",
+        &format!("http://{}", origin.addr),
+        "--listen",
+        &listen,
+        "--admin",
+        &admin,
+        "--pop",
+        "edge1",
+        "--cache",
+        "16MiB",
+    ]);
+    wait_up(&admin).await;
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        for path in ["/c", "/u"] {
+            let r = client()
+                .get(format!("http://{listen}{path}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            statuses.push(r.headers()["cache-status"].to_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(
+        (origin.hits("/c"), origin.hits("/u")),
+        (1, 2),
+        "{statuses:?}"
+    );
+    assert!(statuses[2].starts_with("edge1; hit"), "{statuses:?}");
+    let m = client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("edgegate_cache_capacity_bytes 16777216"), "{m}");
+}
