@@ -16,7 +16,10 @@ then, interleaved over several rounds:
     CPUs): req/s, p50/p99, and each cache's CPU time from /proc → CPU µs per
     request;
   - k6 at one fixed arrival rate for all (k6/cache-hit.js): p50/p99 at equal load.
-Checks afterwards that the origin served only the warm-up requests.
+Checks afterwards that the origin served only the warm-up requests. When the
+`bare_pingora` example is built, a Pingora server answering every request
+from `request_filter` with the same body (`static:SIZE`) runs too: the floor
+any Pingora-based cache hit stands on (reported, not a peer).
 Prints per-round numbers, medians, and ratios against edgegate.
 
 Usage: python3 loadtest/cache.py [--workers 1] [--duration 10] [--rounds 3]
@@ -230,27 +233,36 @@ def main():
             subprocess.run(["taskset", "-pc", server_cpus, str(pid)], capture_output=True)
 
         wait_http(f"http://127.0.0.1:{admin}/readyz")
+        bare_bin = os.path.join(os.path.dirname(binary), "examples/bare_pingora")
+        floor = None
+        if os.path.exists(bare_bin):
+            ports["floor"] = free_port()
+            floor = subprocess.Popen(pin([bare_bin, f"127.0.0.1:{ports['floor']}", f"static:{args.size}"]),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(floor)
+        names = PEERS + (("floor",) if floor else ())
         targets = {
             "edgegate": lambda: [eg.pid],
             "varnish": lambda: [vn.pid] + children(vn.pid),
             "haproxy": lambda: [hp.pid],
             "nginx": lambda: [ng.pid] + children(ng.pid),
+            "floor": lambda: [floor.pid],
         }
         url = {n: f"http://127.0.0.1:{p}/obj" for n, p in ports.items()}
-        for n in PEERS:
+        for n in names:
             wait_http(url[n])
             get(url[n])
             time.sleep(0.2)
             h = get(url[n])
-            if not is_hit(n, h):
+            if n != "floor" and not is_hit(n, h):
                 raise SystemExit(f"{n} did not answer from cache after warm-up: {h}")
             subprocess.run(["taskset", "-c", wrk_cpus, "wrk", "-t1", "-c16", "-d2s", url[n]], capture_output=True)
         with open(os.path.join(work, "origin", "logs", "access.log")) as f:
             origin_before = sum(1 for _ in f)
 
-        results = {n: {"wrk": [], "k6": []} for n in PEERS}
+        results = {n: {"wrk": [], "k6": []} for n in names}
         for rnd in range(args.rounds):
-            order = list(PEERS) if rnd % 2 == 0 else list(reversed(PEERS))
+            order = list(names) if rnd % 2 == 0 else list(reversed(names))
             for n in order:
                 r = run_wrk(url[n], targets[n](), args.duration, args.connections, wrk_cpus)
                 results[n]["wrk"].append(r)
@@ -270,15 +282,15 @@ def main():
         summary = {}
         for tool, keys in (("wrk", ("rps", "cpu_us_per_req", "p50_ms", "p99_ms")), ("k6", ("p50_ms", "p99_ms"))):
             for key in keys:
-                summary[f"{tool}.{key}"] = {n: med(n, tool, key) for n in PEERS}
+                summary[f"{tool}.{key}"] = {n: med(n, tool, key) for n in names}
         print()
         print(f"medians over {args.rounds} rounds; {args.workers} worker(s) each on CPU {server_cpus}, "
               f"load on CPU {wrk_cpus}; {args.size}-byte object; {args.duration}s per run; "
               f"k6 at {args.rate} req/s")
-        print(f"{'metric':20s}" + "".join(f"{n:>11s}" for n in PEERS) + "   ratios edgegate/peer")
+        print(f"{'metric':20s}" + "".join(f"{n:>11s}" for n in names) + "   ratios edgegate/peer")
         for k, v in summary.items():
-            ratios = "  ".join(f"{n}={v['edgegate'] / v[n]:.3f}" for n in PEERS[1:] if v[n])
-            print(f"{k:20s}" + "".join(f"{v[n]:11.3f}" for n in PEERS) + "   " + ratios)
+            ratios = "  ".join(f"{n}={v['edgegate'] / v[n]:.3f}" for n in names[1:] if v[n])
+            print(f"{k:20s}" + "".join(f"{v[n]:11.3f}" for n in names) + "   " + ratios)
         cpu = summary["wrk.cpu_us_per_req"]
         best = min(PEERS[1:], key=lambda n: cpu[n])
         print(f"hit-path CPU: edgegate {cpu['edgegate']:.2f} µs/req, best peer {best} {cpu[best]:.2f} µs/req, "

@@ -3,6 +3,10 @@
 //! edgegate to see how much of edgegate's CPU per request is Pingora's own:
 //!
 //!   cargo run --release -p edgegate --example bare_pingora -- 127.0.0.1:28082 127.0.0.1:29000
+//!
+//! With `static:N` as the origin it proxies nothing: every request is
+//! answered from `request_filter` with an N-byte body, the floor of any
+//! Pingora-based responder (e.g. a cache hit) for the cache load test.
 
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -12,12 +16,26 @@ use pingora::upstreams::peer::HttpPeer;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-struct Bare(String);
+struct Bare(String, Option<bytes::Bytes>);
 
 #[async_trait]
 impl ProxyHttp for Bare {
     type CTX = ();
     fn new_ctx(&self) {}
+    async fn request_filter(&self, session: &mut Session, _c: &mut ()) -> Result<bool> {
+        let Some(body) = &self.1 else {
+            return Ok(false);
+        };
+        let mut resp = pingora::http::ResponseHeader::build(200, Some(4))?;
+        resp.insert_header("content-type", "text/plain")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header("cache-control", "public, max-age=3600")?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(body.clone()), true)
+            .await?;
+        Ok(true)
+    }
     async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> Result<Box<HttpPeer>> {
         Ok(Box::new(HttpPeer::new(
             self.0.as_str(),
@@ -41,7 +59,10 @@ fn main() {
         ..Default::default()
     };
     let mut server = pingora::server::Server::new_with_opt_and_conf(None, conf);
-    let mut svc = pingora::proxy::http_proxy_service(&server.configuration, Bare(origin));
+    let body = origin
+        .strip_prefix("static:")
+        .map(|n| bytes::Bytes::from(vec![b'x'; n.parse().unwrap_or(1024)]));
+    let mut svc = pingora::proxy::http_proxy_service(&server.configuration, Bare(origin, body));
     svc.add_tcp(&listen);
     server.add_service(svc);
     server.bootstrap();

@@ -588,7 +588,9 @@ impl ProxyHttp for EdgeProxy {
                 cx.key = Some(edge_cache::key::printable(&primary));
             }
         }
+        let hash = self.shared.cache.primary_hash(&primary);
         let mut key = CacheKey::new(primary, "");
+        key.set_primary_bin_override(hash);
         key.extensions
             .insert(edge_cache::storage::FillLimit(policy.max_object_size));
         Ok(key)
@@ -701,8 +703,7 @@ impl ProxyHttp for EdgeProxy {
         if let (Some(cx), Some(m)) = (ctx.cache.as_deref(), route_metrics) {
             let cache = &session.cache;
             let waited = cache.enabled() && cache.lock_duration().is_some();
-            let out = edge_cache::outcome("", cache.phase(), cx, None, waited);
-            m.cache[out.result.index()].inc();
+            m.cache[edge_cache::classify(cache.phase(), cx, waited).index()].inc();
             if waited {
                 m.coalesced.inc();
             }
