@@ -318,3 +318,38 @@ pub async fn run_response_phase(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edits(cache_key: Vec<String>) -> wit::RequestEdits {
+        wit::RequestEdits {
+            headers: wit::HeaderEdits {
+                remove: Vec::new(),
+                set: Vec::new(),
+                append: Vec::new(),
+            },
+            rewrite_path: None,
+            principal: None,
+            labels: Vec::new(),
+            cache_key,
+        }
+    }
+
+    #[test]
+    fn cache_key_parts_accumulate_within_limits() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        let mut facts = RequestFacts::default();
+        apply_request_edits(&mut req, &edits(vec!["a".into()]), &mut facts).unwrap();
+        apply_request_edits(&mut req, &edits(vec!["b".into(), "c".into()]), &mut facts).unwrap();
+        assert_eq!(facts.cache_key, ["a", "b", "c"]);
+        let many = (0..MAX_CACHE_KEY_PARTS).map(|i| i.to_string()).collect();
+        let err = apply_request_edits(&mut req, &edits(many), &mut facts).unwrap_err();
+        assert!(err.contains("cache-key parts over the limit"), "{err}");
+        let long = vec!["x".repeat(MAX_CACHE_KEY_BYTES)];
+        let mut fresh = RequestFacts::default();
+        apply_request_edits(&mut req, &edits(long), &mut fresh).unwrap();
+        assert!(apply_request_edits(&mut req, &edits(vec!["y".into()]), &mut fresh).is_err());
+    }
+}

@@ -862,3 +862,35 @@ async fn client_no_cache_is_ignored_unless_the_route_honours_it() {
         r.cache_status()
     );
 }
+
+#[tokio::test]
+async fn waiters_give_up_on_a_slow_fill_after_the_lock_timeout() {
+    let origin = Scripted::start().await;
+    origin.set(
+        "/glacial",
+        Reply {
+            delay: Duration::from_millis(1500),
+            ..Reply::ok("max-age=60", "late")
+        },
+    );
+    let gw = Arc::new(gateway(&origin, "[routes.cache]\nlock_timeout = \"200ms\"\n", "").await);
+    let first = {
+        let gw = gw.clone();
+        tokio::spawn(async move { get(&gw, "/glacial").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waiter = get(&gw, "/glacial").await;
+    assert_eq!(waiter.body, "late");
+    assert!(
+        waiter.cache_status().contains("detail=cachelocktimeout"),
+        "{}",
+        waiter.cache_status()
+    );
+    assert_eq!(first.await.unwrap().body, "late");
+    assert_eq!(
+        origin.hits("/glacial"),
+        2,
+        "the waiter went to the origin itself"
+    );
+    assert!(get(&gw, "/glacial").await.cache_status().contains("hit"));
+}
