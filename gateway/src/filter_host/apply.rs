@@ -319,6 +319,70 @@ pub async fn run_response_phase(
     Ok(())
 }
 
+/// Runs the body filters (reverse route order) on a whole response. Each
+/// may replace the body and edit the head; `content-length` is set to the
+/// final body's length. A fail-open filter that fails is skipped.
+pub async fn run_body_phase(
+    chain: &FilterChain,
+    facts: &RequestFacts,
+    req: &RequestHeader,
+    authority: &str,
+    resp: &mut ResponseHeader,
+    body: &mut bytes::Bytes,
+    metrics: &Metrics,
+) -> Result<(), FilterFailure> {
+    let facts = Arc::new(facts.clone());
+    let request = &request_head(req, authority);
+    for filter in chain
+        .filters
+        .iter()
+        .rev()
+        .filter(|f| f.phases.contains(Phases::RESPONSE_BODY))
+    {
+        let head = response_head(resp);
+        let result = filter
+            .on_response_body(Arc::clone(&facts), request, &head, body, metrics)
+            .await;
+        let m = filter.metrics(metrics);
+        let outcome = result.and_then(|decision| match decision {
+            wit::BodyDecision::Continue => {
+                m.decisions[0].inc();
+                Ok(())
+            }
+            wit::BodyDecision::Replace(r) => {
+                m.decisions[1].inc();
+                let apply = || {
+                    if let Some(status) = r.status {
+                        if !(200..=599).contains(&status) {
+                            return Err(format!("status {status} cannot carry a body"));
+                        }
+                        resp.set_status(status)
+                            .map_err(|_| format!("invalid status {status}"))?;
+                    }
+                    apply_headers(resp, &r.headers)?;
+                    *body = bytes::Bytes::from(r.body);
+                    Ok(())
+                };
+                apply().map_err(|detail| bad_answer(&filter.spec.name, detail))
+            }
+        });
+        if let Err(failure) = outcome {
+            failed(filter, metrics, &failure);
+            if filter.fails_closed() {
+                return Err(failure);
+            }
+        }
+    }
+    resp.remove_header(&http::header::TRANSFER_ENCODING);
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())
+        .map_err(|e| FilterFailure {
+            filter: String::new(),
+            kind: FailureKind::BadAnswer,
+            detail: e.to_string(),
+        })?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -537,7 +537,31 @@ impl FilterChain {
             .iter()
             .any(|f| f.phases.contains(Phases::RESPONSE_HEAD))
     }
+
+    /// Whether any filter transforms whole response bodies (the route's
+    /// responses are then buffered; routes without one never are).
+    pub fn has_body_phase(&self) -> bool {
+        self.filters
+            .iter()
+            .any(|f| f.phases.contains(Phases::RESPONSE_BODY))
+    }
+
+    /// The largest body the route's body filters can take: half the
+    /// smallest memory cap among them (the guest holds the body and its
+    /// output), at most [`MAX_TRANSFORM_BODY`].
+    pub fn body_limit(&self) -> usize {
+        self.filters
+            .iter()
+            .filter(|f| f.phases.contains(Phases::RESPONSE_BODY))
+            .map(|f| f.spec.memory_bytes / 2)
+            .min()
+            .unwrap_or(0)
+            .min(MAX_TRANSFORM_BODY)
+    }
 }
+
+/// The largest response body handed to a body filter.
+pub const MAX_TRANSFORM_BODY: usize = 64 << 20;
 
 /// Everything filters of one config generation share.
 pub struct FilterSet {
@@ -771,11 +795,6 @@ impl FilterSet {
         })
         .map_err(invalid)?
         .map_err(|e| invalid(format!("calling `phases` failed: {e:#}")))?;
-        if phases.contains(Phases::RESPONSE_BODY) {
-            return Err(invalid(
-                "it asks for the `response-body` phase, which this edgegate version does not run yet".into(),
-            ));
-        }
         loaded.phases = phases;
         Ok(loaded)
     }
@@ -881,6 +900,27 @@ impl LoadedFilter {
         let started = Instant::now();
         let out = instance
             .call_on_response(&mut store, head, response)
+            .await
+            .map_err(|e| self.classify(&e));
+        self.metrics(metrics)
+            .run
+            .observe(started.elapsed().as_secs_f64());
+        out
+    }
+
+    /// Runs `on-response-body` in a fresh instance.
+    pub(crate) async fn on_response_body(
+        &self,
+        facts: Arc<RequestFacts>,
+        head: &wit::RequestHead,
+        response: &wit::ResponseHead,
+        body: &[u8],
+        metrics: &Metrics,
+    ) -> Result<wit::BodyDecision, FilterFailure> {
+        let (mut store, instance) = self.instance(facts, metrics).await?;
+        let started = Instant::now();
+        let out = instance
+            .call_on_response_body(&mut store, head, response, body)
             .await
             .map_err(|e| self.classify(&e));
         self.metrics(metrics)

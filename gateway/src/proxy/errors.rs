@@ -21,6 +21,8 @@ pub enum Refusal {
     BodyTooLarge,
     /// A fail-closed filter failed (trap, timeout, memory cap, bad answer).
     FilterFailed,
+    /// The origin's response is larger than the route's body filters take.
+    TransformTooLarge,
 }
 
 impl Refusal {
@@ -33,6 +35,9 @@ impl Refusal {
             Refusal::HeadersTooLarge => (431, "request header fields too large\n"),
             Refusal::BodyTooLarge => (413, "request body too large\n"),
             Refusal::FilterFailed => (503, "service unavailable: a filter failed\n"),
+            Refusal::TransformTooLarge => {
+                (413, "the origin's response is too large to transform\n")
+            }
         }
     }
 
@@ -41,7 +46,10 @@ impl Refusal {
     pub fn closes_connection(self) -> bool {
         match self {
             Refusal::BadFraming | Refusal::BodyTooLarge | Refusal::HeadersTooLarge => true,
-            Refusal::NoRoute | Refusal::BadRequest | Refusal::FilterFailed => false,
+            Refusal::NoRoute
+            | Refusal::BadRequest
+            | Refusal::FilterFailed
+            | Refusal::TransformTooLarge => false,
         }
     }
 }

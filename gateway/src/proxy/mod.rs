@@ -17,6 +17,7 @@
 
 pub mod errors;
 mod headers;
+mod transform;
 
 use crate::cache::{self as edge_cache, CacheCtx};
 use crate::filter_host::apply::{self, RequestPhase};
@@ -531,6 +532,23 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         Ok(())
+    }
+
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<bool> {
+        let transforms = ctx
+            .route
+            .and_then(|id| ctx.generation.route_filters.get(id))
+            .is_some_and(|c| c.has_body_phase());
+        let method = &session.req_header().method;
+        if !transforms || !matches!(*method, http::Method::GET | http::Method::HEAD) {
+            return Ok(true);
+        }
+        transform::serve(self, session, ctx).await?;
+        Ok(false)
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {

@@ -1165,3 +1165,91 @@ config.response.set = {{ "x-shaped" = "{{principal}}" }}
     assert_eq!(s, 401);
     assert_eq!(o.hits(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_filters_transform_whole_responses_and_the_cache_keeps_the_result() {
+    use crate::cache::{Reply, Scripted};
+    let origin = Scripted::start().await;
+    origin.set("/t/hello", Reply::ok("max-age=60", "hello"));
+    origin.set("/t/reject", Reply::ok("max-age=60", "reject"));
+    origin.set("/t/panic", Reply::ok("", "panic"));
+    origin.set("/t/big", Reply::ok("", &"b".repeat(3 << 20)));
+    origin.set(
+        "/t/json",
+        Reply::ok("max-age=60", "{}").header("content-type", "application/json"),
+    );
+    let gw = Gateway::start(&filter_config(
+        origin.addr,
+        &format!(
+            r#"
+[[routes]]
+name = "shout"
+path_prefix = "/t"
+upstream = "app"
+[routes.cache]
+[[routes.filters]]
+path = "{}"
+memory = "4MiB"
+"#,
+            wasm("body_upper")
+        ),
+    ))
+    .await;
+    let get = |path: &'static str| {
+        let url = gw.url(path);
+        async move {
+            let r = client().get(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            let h = r.headers().clone();
+            (status, h, r.text().await.unwrap())
+        }
+    };
+    let (s, h, body) = get("/t/hello?shout=1").await;
+    assert_eq!((s, body.as_str()), (200, "HELLO"));
+    assert_eq!(h["x-transformed"], "upper");
+    assert_eq!(h["content-length"], "5");
+    assert!(
+        h["cache-status"].to_str().unwrap().contains("stored"),
+        "{h:?}"
+    );
+    assert_eq!(
+        origin.last_headers("/t/hello?shout=1")["via"],
+        "1.1 filter-pop"
+    );
+    let (_, h, body) = get("/t/hello?shout=1").await;
+    assert_eq!(body, "HELLO", "the transformed variant is what was cached");
+    assert!(h["cache-status"].to_str().unwrap().contains("hit"), "{h:?}");
+    assert_eq!(origin.hits("/t/hello?shout=1"), 1);
+    let r = client()
+        .head(gw.url("/t/hello?shout=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-length"], "5");
+
+    let (_, h, body) = get("/t/hello").await;
+    assert_eq!(body, "hello", "untouched without the option");
+    assert!(!h.contains_key("x-transformed"));
+    let (_, _, body) = get("/t/json?shout=1").await;
+    assert_eq!(body, "{}", "not text: passed through");
+
+    let (s, _, body) = get("/t/reject?shout=1").await;
+    assert_eq!((s, body.as_str()), (422, "rejected\n"));
+    let (s, _, _) = get("/t/panic?shout=1").await;
+    assert_eq!(s, 503, "a trapping body filter fails closed");
+    let (s, _, body) = get("/t/big?shout=1").await;
+    assert_eq!(s, 413, "{body}");
+    let (s, _, body) = get("/t/hello?shout=2").await;
+    assert_eq!(
+        (s, body.as_str()),
+        (200, "HELLO"),
+        "the gateway still serves"
+    );
+    let m = gw.metrics().await;
+    assert!(
+        m.contains(
+            r#"edgegate_filter_errors_total{filter="body_upper",kind="trap",route="shout"} 1"#
+        ),
+        "{m}"
+    );
+}
