@@ -19,6 +19,7 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("api-key", "api_key"),
     ("jwt-auth", "jwt_auth"),
     ("noop", "noop"),
+    ("image-transform", "image_transform"),
 ];
 
 fn watch(dir: &Path) {

@@ -1253,3 +1253,302 @@ memory = "4MiB"
         "{m}"
     );
 }
+
+mod images {
+    use super::*;
+    use crate::cache::{Reply, Scripted};
+    use image::ImageEncoder;
+
+    pub fn jpeg(w: u32, h: u32, quality: u8) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                (x * 255 / w) as u8,
+                (y * 255 / h) as u8,
+                ((x + y) % 256) as u8,
+            ])
+        });
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+            .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        out
+    }
+
+    fn png_with_alpha(w: u32, h: u32) -> Vec<u8> {
+        let img =
+            image::RgbaImage::from_fn(w, h, |x, _| image::Rgba([200, 30, 30, (x % 256) as u8]));
+        let mut out = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut out)
+            .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgba8)
+            .unwrap();
+        out
+    }
+
+    /// A JPEG whose EXIF says "rotate 90° clockwise to display" (orientation 6).
+    fn jpeg_with_orientation_6(w: u32, h: u32) -> Vec<u8> {
+        let plain = jpeg(w, h, 85);
+        let mut tiff = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01".to_vec();
+        tiff.extend_from_slice(&[0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0]);
+        let mut out = plain[..2].to_vec();
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&((tiff.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(&tiff);
+        out.extend_from_slice(&plain[2..]);
+        out
+    }
+
+    fn image_reply(body: Vec<u8>, content_type: &str) -> Reply {
+        Reply {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), content_type.into()),
+                ("cache-control".into(), "public, max-age=3600".into()),
+                ("etag".into(), "\"original\"".into()),
+            ],
+            body,
+            delay: Duration::ZERO,
+            chunked: false,
+        }
+    }
+
+    struct Got {
+        status: u16,
+        headers: reqwest::header::HeaderMap,
+        body: Vec<u8>,
+    }
+
+    impl Got {
+        fn dims(&self) -> (u32, u32) {
+            let img = image::load_from_memory(&self.body).expect("an image");
+            (img.width(), img.height())
+        }
+        fn h(&self, name: &str) -> &str {
+            self.headers.get(name).map_or("", |v| v.to_str().unwrap())
+        }
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.body).into_owned()
+        }
+    }
+
+    async fn get(gw: &Gateway, path: &str, accept: Option<&str>) -> Got {
+        let mut rb = client().get(gw.url(path));
+        if let Some(a) = accept {
+            rb = rb.header("accept", a);
+        }
+        let r = rb.send().await.unwrap();
+        Got {
+            status: r.status().as_u16(),
+            headers: r.headers().clone(),
+            body: r.bytes().await.unwrap().to_vec(),
+        }
+    }
+
+    async fn setup() -> (Scripted, Gateway, Vec<u8>) {
+        let origin = Scripted::start().await;
+        let photo = jpeg(800, 600, 90);
+        origin.set("/img/photo.jpg", image_reply(photo.clone(), "image/jpeg"));
+        origin.set(
+            "/signed/photo.jpg",
+            image_reply(photo.clone(), "image/jpeg"),
+        );
+        origin.set(
+            "/img/logo.png",
+            image_reply(png_with_alpha(200, 100), "image/png"),
+        );
+        origin.set(
+            "/img/rotated.jpg",
+            image_reply(jpeg_with_orientation_6(300, 200), "image/jpeg"),
+        );
+        origin.set(
+            "/img/big.jpg",
+            image_reply(jpeg(1200, 1000, 50), "image/jpeg"),
+        );
+        let mut padded = jpeg(64, 64, 80);
+        padded.extend(std::iter::repeat_n(0u8, 150_000));
+        origin.set("/img/large.jpg", image_reply(padded, "image/jpeg"));
+        let mut corrupt = photo.clone();
+        corrupt.truncate(600);
+        origin.set("/img/corrupt.jpg", image_reply(corrupt, "image/jpeg"));
+        origin.set(
+            "/img/anim.gif",
+            image_reply(b"GIF89a\x01\0\x01\0".to_vec(), "image/gif"),
+        );
+        origin.set(
+            "/img/page.html",
+            Reply::ok("max-age=60", "<html></html>").header("content-type", "text/html"),
+        );
+        let gw = Gateway::start(&filter_config(
+            origin.addr,
+            r#"
+[[routes]]
+name = "images"
+path_prefix = "/img"
+upstream = "app"
+[routes.cache]
+[[routes.filters]]
+module = "image-transform"
+timeout = "5s"
+memory = "128MiB"
+config = { max_input_bytes = 100000, max_source_pixels = 1000000, max_dimension = 2000 }
+
+[[routes]]
+name = "signed"
+path_prefix = "/signed"
+upstream = "app"
+[[routes.filters]]
+module = "image-transform"
+timeout = "5s"
+memory = "64MiB"
+config = { signing_keys = ["previous-key-0123456789", "current-key-0123456789"] }
+"#,
+        ))
+        .await;
+        (origin, gw, photo)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn image_transform_resizes_negotiates_and_caches_variants() {
+        let (origin, gw, photo) = setup().await;
+        let r = get(&gw, "/img/photo.jpg?width=400&quality=80", None).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.h("content-type"), "image/jpeg");
+        assert_eq!(r.dims(), (400, 300));
+        assert!(
+            r.h("cache-status").contains("stored"),
+            "{}",
+            r.h("cache-status")
+        );
+        assert_eq!(
+            r.h("cache-control"),
+            "public, max-age=3600",
+            "origin caching carries over"
+        );
+        assert!(
+            r.h("etag").is_empty(),
+            "the original's ETag is not the variant's"
+        );
+        assert!(
+            origin.hits("/img/photo.jpg") == 1,
+            "the origin is asked for the image without the options"
+        );
+        let again = get(&gw, "/img/photo.jpg?quality=80&width=400", None).await;
+        assert!(
+            again.h("cache-status").contains("hit"),
+            "same options, other order: {}",
+            again.h("cache-status")
+        );
+        assert_eq!(again.body, r.body);
+        assert_eq!(origin.hits("/img/photo.jpg"), 1);
+
+        let untouched = get(&gw, "/img/photo.jpg", None).await;
+        assert_eq!(untouched.body, photo, "no options: passed through");
+
+        // format=auto: webp for a PNG when accepted, with Vary; each variant cached.
+        let webp = get(
+            &gw,
+            "/img/logo.png?width=100&format=auto",
+            Some("image/webp,*/*"),
+        )
+        .await;
+        assert_eq!(webp.h("content-type"), "image/webp");
+        assert_eq!(webp.h("vary"), "Accept");
+        assert_eq!(webp.dims(), (100, 50));
+        let png = get(
+            &gw,
+            "/img/logo.png?width=100&format=auto",
+            Some("image/png"),
+        )
+        .await;
+        assert_eq!(png.h("content-type"), "image/png");
+        let webp2 = get(
+            &gw,
+            "/img/logo.png?width=100&format=auto",
+            Some("image/webp,*/*"),
+        )
+        .await;
+        assert!(
+            webp2.h("cache-status").contains("hit"),
+            "{}",
+            webp2.h("cache-status")
+        );
+        assert_eq!(webp2.h("content-type"), "image/webp");
+        assert_eq!(origin.hits("/img/logo.png"), 2, "one fetch per variant");
+
+        for (q, dims) in [
+            ("width=100&height=100&fit=cover", (100, 100)),
+            ("width=100&height=100&fit=crop&gravity=top-left", (100, 100)),
+            ("width=100&height=100&fit=pad", (100, 100)),
+            ("width=100&height=100", (100, 75)),
+            ("width=100&height=100&fit=contain", (100, 75)),
+            ("width=100&dpr=2", (200, 150)),
+            ("width=100&rotate=90", (100, 133)),
+            ("height=60&format=png", (80, 60)),
+            ("width=100&format=webp", (100, 75)),
+        ] {
+            let r = get(&gw, &format!("/img/photo.jpg?{q}"), None).await;
+            assert_eq!(r.status, 200, "{q}: {}", r.text());
+            assert_eq!(r.dims(), dims, "{q}");
+        }
+        // EXIF orientation 6: a 300x200 sensor image displays as 200x300.
+        let r = get(&gw, "/img/rotated.jpg?width=100", None).await;
+        assert_eq!(r.dims(), (100, 150));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn image_transform_guards_and_signed_urls() {
+        let (_origin, gw, _) = setup().await;
+        let r = get(&gw, "/img/photo.jpg?width=400&blur=2", None).await;
+        assert_eq!(r.status, 400);
+        assert!(r.text().contains("unknown option `blur`"), "{}", r.text());
+        let r = get(&gw, "/img/photo.jpg?width=999999", None).await;
+        assert_eq!(r.status, 400);
+        assert!(r.text().contains("`width`"));
+        let r = get(&gw, "/img/big.jpg?width=100", None).await;
+        assert_eq!(r.status, 422, "{}", r.text());
+        assert!(r.text().contains("pixels"));
+        let r = get(&gw, "/img/large.jpg?width=10", None).await;
+        assert_eq!(r.status, 413, "{}", r.text());
+        let r = get(&gw, "/img/corrupt.jpg?width=10", None).await;
+        assert_eq!(r.status, 502, "{}", r.text());
+        let r = get(&gw, "/img/anim.gif?width=10", None).await;
+        assert_eq!(r.status, 415, "{}", r.text());
+        let r = get(&gw, "/img/page.html?width=10", None).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "<html></html>"));
+        // The gateway keeps serving after all that.
+        assert_eq!(get(&gw, "/img/photo.jpg?width=50", None).await.status, 200);
+
+        // Signed URLs: HMAC-SHA256 over PATH?CANONICAL_OPTIONS, either key.
+        let sign = |key: &str, msg: &str| {
+            use base64::Engine as _;
+            let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes());
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(ring::hmac::sign(&k, msg.as_bytes()))
+        };
+        let msg = "/signed/photo.jpg?width=100";
+        assert_eq!(
+            get(&gw, "/signed/photo.jpg?width=100", None).await.status,
+            403
+        );
+        let bad = sign("someone-else-0123456789", msg);
+        assert_eq!(
+            get(&gw, &format!("/signed/photo.jpg?width=100&sig={bad}"), None)
+                .await
+                .status,
+            403
+        );
+        for key in ["previous-key-0123456789", "current-key-0123456789"] {
+            let sig = sign(key, msg);
+            let r = get(&gw, &format!("/signed/photo.jpg?width=100&sig={sig}"), None).await;
+            assert_eq!(r.status, 200, "{key}: {}", r.text());
+            assert_eq!(r.dims(), (100, 75));
+        }
+        let sig = sign("current-key-0123456789", msg);
+        assert_eq!(
+            get(&gw, &format!("/signed/photo.jpg?width=101&sig={sig}"), None)
+                .await
+                .status,
+            403,
+            "the signature covers the options"
+        );
+    }
+}

@@ -1,0 +1,6 @@
+// Image decoders keep large buffers on the stack while decoding: this
+// filter gets a 1 MiB stack instead of the 64 KiB the other guests use
+// (the later `-z stack-size` wins at link time).
+fn main() {
+    println!("cargo:rustc-link-arg-cdylib=-zstack-size=1048576");
+}
