@@ -28,6 +28,7 @@ Usage: python3 loadtest/cache.py [--workers 1] [--duration 10] [--rounds 3]
 import argparse, json, os, pwd, shutil, signal, statistics, subprocess, tempfile, time, urllib.request
 
 from run import ROOT, free_port, wait_http, cpu_seconds, children, nginx, NGINX_COMMON, parse_wrk
+from run import edgegate_conf as proxy_edgegate_conf
 
 PEERS = ("edgegate", "varnish", "haproxy", "nginx")
 
@@ -99,28 +100,8 @@ backend be
 
 
 def edgegate_conf(port, admin, origin_port, workers):
-    return f"""
-[pop]
-name = "loadtest"
-[server]
-threads = {workers}
-drain_window = "0s"
-[log]
-access_log = false
-level = "warn"
-[admin]
-listen = "127.0.0.1:{admin}"
-[cache]
-size = "256MiB"
-[[listeners]]
-listen = "127.0.0.1:{port}"
-[upstreams.origin]
-backends = ["127.0.0.1:{origin_port}"]
-[[routes]]
-name = "all"
-upstream = "origin"
-[routes.cache]
-"""
+    # run.py's proxy config, its route caching, one 256 MiB store.
+    return proxy_edgegate_conf(port, admin, origin_port, workers) + '[routes.cache]\n[cache]\nsize = "256MiB"\n'
 
 
 def is_hit(name, headers):

@@ -309,11 +309,22 @@ pub async fn run_response_phase(
                 apply().map_err(|detail| bad_answer(&filter.spec.name, detail))
             }
         });
-        if let Err(failure) = outcome {
-            failed(filter, metrics, &failure);
-            if filter.fails_closed() {
-                return Err(failure);
-            }
+        settle(filter, metrics, outcome)?;
+    }
+    Ok(())
+}
+
+/// Counts a failed call; the failure ends the phase only when the filter
+/// fails closed (a fail-open filter is skipped).
+fn settle(
+    filter: &LoadedFilter,
+    metrics: &Metrics,
+    outcome: Result<(), FilterFailure>,
+) -> Result<(), FilterFailure> {
+    if let Err(failure) = outcome {
+        failed(filter, metrics, &failure);
+        if filter.fails_closed() {
+            return Err(failure);
         }
     }
     Ok(())
@@ -366,12 +377,7 @@ pub async fn run_body_phase(
                 apply().map_err(|detail| bad_answer(&filter.spec.name, detail))
             }
         });
-        if let Err(failure) = outcome {
-            failed(filter, metrics, &failure);
-            if filter.fails_closed() {
-                return Err(failure);
-            }
-        }
+        settle(filter, metrics, outcome)?;
     }
     resp.remove_header(&http::header::TRANSFER_ENCODING);
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())

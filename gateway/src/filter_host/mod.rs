@@ -524,26 +524,25 @@ pub struct FilterChain {
 }
 
 impl FilterChain {
+    /// Whether any filter takes part in `phase`.
+    fn has_phase(&self, phase: Phases) -> bool {
+        self.filters.iter().any(|f| f.phases.contains(phase))
+    }
+
     /// Whether any filter runs on request heads.
     pub fn has_request_phase(&self) -> bool {
-        self.filters
-            .iter()
-            .any(|f| f.phases.contains(Phases::REQUEST_HEAD))
+        self.has_phase(Phases::REQUEST_HEAD)
     }
 
     /// Whether any filter runs on response heads.
     pub fn has_response_phase(&self) -> bool {
-        self.filters
-            .iter()
-            .any(|f| f.phases.contains(Phases::RESPONSE_HEAD))
+        self.has_phase(Phases::RESPONSE_HEAD)
     }
 
     /// Whether any filter transforms whole response bodies (the route's
     /// responses are then buffered; routes without one never are).
     pub fn has_body_phase(&self) -> bool {
-        self.filters
-            .iter()
-            .any(|f| f.phases.contains(Phases::RESPONSE_BODY))
+        self.has_phase(Phases::RESPONSE_BODY)
     }
 
     /// The largest body the route's body filters can take: half the
