@@ -1,6 +1,6 @@
 //! First-party filter `headers`: add, set and remove request and response
 //! headers. Values may use `{pop}`, `{route}`, `{request_id}`,
-//! `{client_ip}` and `{principal}`.
+//! `{client_ip}`, `{principal}` and `{tls_sni}`.
 //!
 //! ```toml
 //! [[routes.filters]]

@@ -265,22 +265,25 @@ impl Response {
     }
 }
 
-/// Replaces `{pop}`, `{route}`, `{request_id}`, `{client_ip}` and
-/// `{principal}` in `template` with this request's values.
+/// Replaces `{pop}`, `{route}`, `{request_id}`, `{client_ip}`,
+/// `{principal}` and `{tls_sni}` in `template` with this request's values
+/// (each host call is made only when its placeholder is used).
 pub fn render(template: &str) -> String {
     if !template.contains('{') {
         return template.to_string();
     }
+    let lookups: [(&str, fn() -> String); 6] = [
+        ("{pop}", context::pop_name),
+        ("{route}", context::route_name),
+        ("{request_id}", context::request_id),
+        ("{client_ip}", context::client_ip),
+        ("{principal}", || context::principal().unwrap_or_default()),
+        ("{tls_sni}", || context::tls_sni().unwrap_or_default()),
+    ];
     let mut out = template.to_string();
-    for (key, value) in [
-        ("{pop}", context::pop_name()),
-        ("{route}", context::route_name()),
-        ("{request_id}", context::request_id()),
-        ("{client_ip}", context::client_ip()),
-        ("{principal}", context::principal().unwrap_or_default()),
-    ] {
+    for (key, value) in lookups {
         if out.contains(key) {
-            out = out.replace(key, &value);
+            out = out.replace(key, &value());
         }
     }
     out

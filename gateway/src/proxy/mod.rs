@@ -274,7 +274,11 @@ impl ProxyHttp for EdgeProxy {
             client_ip: client_ip(session)
                 .map(|ip| ip.to_string())
                 .unwrap_or_default(),
-            tls_sni: None,
+            tls_sni: session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_ref())
+                .and_then(|t| t.extension.get::<crate::tls::ClientSni>())
+                .map(|s| s.0.clone()),
             route: ctx.route().map(|r| r.name.clone()).unwrap_or_default(),
             pop: generation.config.pop_name.clone(),
             request_id: ctx.request_id.clone(),

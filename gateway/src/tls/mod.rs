@@ -195,13 +195,32 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// The server name a client asked for in its TLS handshake, kept in the
+/// connection's TLS digest (filters read it as `context.tls-sni`).
+#[derive(Debug, Clone)]
+pub struct ClientSni(pub String);
+
+/// Records the client's SNI once the handshake is done.
+struct SniCapture;
+
+#[async_trait::async_trait]
+impl pingora::listeners::TlsAccept for SniCapture {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &pingora::protocols::tls::TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let name = tls.server_name()?;
+        Some(Arc::new(ClientSni(name.to_ascii_lowercase())))
+    }
+}
+
 /// Pingora TLS settings for a listener served by `resolver`.
 pub fn listener_settings(
     resolver: Arc<SniResolver>,
     h2: bool,
 ) -> pingora::Result<pingora::listeners::tls::TlsSettings> {
     // With a resolver set, the certificate paths are never read.
-    let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "")?;
+    let mut settings = pingora::listeners::tls::TlsSettings::with_callbacks(Box::new(SniCapture))?;
     settings.set_cert_resolver(resolver);
     if h2 {
         settings.enable_h2();

@@ -252,3 +252,29 @@ async fn tls_1_1_is_refused() {
     assert!(matches!(out.get(6), Some(&70) | Some(&40)), "{out:?}");
     assert_eq!(o.hits(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_see_the_client_sni() {
+    let o = Origin::start("o").await;
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["a.test", "b.test"] {
+        edgegate::tls::write_dev_certificate(dir.path(), &[name.to_string()]).unwrap();
+    }
+    let config = tls_config(o.addr).replace(
+        "[[routes]]\nname = \"all\"\nupstream = \"app\"\n",
+        "[[routes]]\nname = \"all\"\nupstream = \"app\"\n[[routes.filters]]\nmodule = \"headers\"\nconfig.request.set = { \"x-sni\" = \"[{tls_sni}]\" }\n",
+    );
+    let gw = Gateway::start_in(dir, &config).await;
+    let https = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .resolve("b.test", gw.http)
+        .build()
+        .unwrap();
+    let r = https
+        .get(format!("https://b.test:{}/sni", gw.http.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(o.last().headers["x-sni"], "[b.test]");
+}
