@@ -272,7 +272,8 @@ pub fn render(template: &str) -> String {
     if !template.contains('{') {
         return template.to_string();
     }
-    let lookups: [(&str, fn() -> String); 6] = [
+    type Lookup = (&'static str, fn() -> String);
+    let lookups: [Lookup; 6] = [
         ("{pop}", context::pop_name),
         ("{route}", context::route_name),
         ("{request_id}", context::request_id),
