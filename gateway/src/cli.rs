@@ -64,6 +64,11 @@ enum Command {
         /// The config file.
         #[arg(long, short = 'c')]
         config: PathBuf,
+        /// Also load what the config names, as a start would: certificates
+        /// and keys, filter components (compiled and instantiated), key and
+        /// token files, backend addresses. Exit 1 when any fails.
+        #[arg(long)]
+        load: bool,
     },
     /// Run a built-in demo origin and edgegate in front of it, from the embedded default config.
     Demo {
@@ -421,8 +426,30 @@ fn serve(source: ConfigSource) -> ExitCode {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check { config }) => {
+        Some(Command::Check { config, load }) => {
             match policies::load_file(&config, &machine_defaults()) {
+                Ok(_) if load => {
+                    match Shared::load(ConfigSource::File(config.clone()), machine_defaults()) {
+                        Ok(shared) => {
+                            let g = shared.current();
+                            let filters: usize =
+                                g.route_filters.iter().map(|c| c.filters.len()).sum();
+                            println!(
+                                "{}: ok, loaded ({} listeners, {} upstream groups, {} routes, {} filters)",
+                                config.display(),
+                                g.config.listeners.len(),
+                                g.config.upstreams.len(),
+                                g.config.routes.routes().len(),
+                                filters
+                            );
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("{}: {e:#}", config.display());
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
                 Ok(c) => {
                     println!(
                         "{}: ok ({} listeners, {} upstream groups, {} routes)",

@@ -142,6 +142,36 @@ fn check_accepts_every_example_and_names_file_line_key_on_errors() {
     );
 }
 
+#[test]
+fn check_load_loads_what_the_config_names() {
+    // The runnable examples load as they are.
+    for example in ["images.toml", "demo.toml"] {
+        let out = run_ok(
+            Command::new(BIN)
+                .args(["check", "--load", "--config"])
+                .arg(repo().join("policies/examples").join(example)),
+        );
+        assert!(out.contains("ok, loaded"), "{out}");
+    }
+    // Valid syntax, but a certificate that is not there: only --load sees it.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tls.toml");
+    std::fs::write(
+        &cfg,
+        "[[listeners]]\nlisten = \"127.0.0.1:8443\"\n[[listeners.tls.certificates]]\ncert = \"missing.crt\"\nkey = \"missing.key\"\n[upstreams.app]\nbackends = [\"127.0.0.1:9000\"]\n[[routes]]\nname = \"all\"\nupstream = \"app\"\n",
+    )
+    .unwrap();
+    run_ok(Command::new(BIN).args(["check", "--config"]).arg(&cfg));
+    let out = Command::new(BIN)
+        .args(["check", "--load", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing.crt"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_in_round_robin_json_access_log_and_sigterm_drain() {
     let (a, b) = (Origin::start("a").await, Origin::start("b").await);
