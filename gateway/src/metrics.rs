@@ -33,6 +33,8 @@ pub struct Metrics {
     pub filter_instantiate: HistogramVec,
     /// `edgegate_filter_run_seconds{filter}`
     pub filter_run: HistogramVec,
+    /// `edgegate_filter_memory_peak_bytes{filter}`
+    pub filter_memory_peak: HistogramVec,
     /// `edgegate_cache_requests_total{route,result}`
     pub cache_requests: IntCounterVec,
     /// `edgegate_cache_coalesced_total{route}`: requests that waited on another's fill
@@ -142,6 +144,15 @@ impl Metrics {
         registry.register(Box::new(filter_errors.clone()))?;
         registry.register(Box::new(filter_instantiate.clone()))?;
         registry.register(Box::new(filter_run.clone()))?;
+        let filter_memory_peak = HistogramVec::new(
+            HistogramOpts::new(
+                "edgegate_filter_memory_peak_bytes",
+                "Largest linear memory a filter call grew to",
+            )
+            .buckets(prometheus::exponential_buckets(65536.0, 4.0, 8)?),
+            &["filter"],
+        )?;
+        registry.register(Box::new(filter_memory_peak.clone()))?;
         let cache_requests = IntCounterVec::new(
             Opts::new(
                 "edgegate_cache_requests_total",
@@ -214,6 +225,7 @@ impl Metrics {
             filter_errors,
             filter_instantiate,
             filter_run,
+            filter_memory_peak,
         })
     }
 

@@ -296,11 +296,62 @@ pub struct RequestFacts {
     pub cache_key: Vec<String>,
 }
 
+/// wasmtime's `StoreLimits`, remembering the largest linear memory the
+/// instance asked for (reported as `edgegate_filter_memory_peak_bytes`).
+struct PeakLimits {
+    inner: StoreLimits,
+    peak: usize,
+}
+
+impl wasmtime::ResourceLimiter for PeakLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.peak = self.peak.max(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
 /// Per-store data: WASI plumbing, limits, and what the imports may reach.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: PeakLimits,
     facts: Arc<RequestFacts>,
     filter: Arc<FilterShared>,
     logs_left: u32,
@@ -463,6 +514,7 @@ struct FilterShared {
 pub(crate) struct FilterMetrics {
     instantiate: prometheus::Histogram,
     run: prometheus::Histogram,
+    memory_peak: prometheus::Histogram,
     /// continue, edit, respond.
     pub(crate) decisions: [prometheus::IntCounter; 3],
     /// By [`FailureKind`] in declaration order.
@@ -479,6 +531,7 @@ impl FilterMetrics {
         Self {
             instantiate: m.filter_instantiate.with_label_values(&[filter]),
             run: m.filter_run.with_label_values(&[filter]),
+            memory_peak: m.filter_memory_peak.with_label_values(&[filter]),
             decisions: [d("continue"), d("edit"), d("respond")],
             errors: [
                 e(FailureKind::Timeout),
@@ -804,13 +857,16 @@ impl LoadedFilter {
         let state = HostState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.spec.memory_bytes)
-                .instances(64)
-                .tables(64)
-                .memories(8)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: PeakLimits {
+                inner: StoreLimitsBuilder::new()
+                    .memory_size(self.spec.memory_bytes)
+                    .instances(64)
+                    .tables(64)
+                    .memories(8)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                peak: 0,
+            },
             facts,
             filter: Arc::clone(&self.shared),
             logs_left: LOG_BUDGET,
@@ -881,9 +937,7 @@ impl LoadedFilter {
             .call_on_request(&mut store, head)
             .await
             .map_err(|e| self.classify(&e));
-        self.metrics(metrics)
-            .run
-            .observe(started.elapsed().as_secs_f64());
+        self.observe_call(&store, started, metrics);
         out
     }
 
@@ -901,9 +955,7 @@ impl LoadedFilter {
             .call_on_response(&mut store, head, response)
             .await
             .map_err(|e| self.classify(&e));
-        self.metrics(metrics)
-            .run
-            .observe(started.elapsed().as_secs_f64());
+        self.observe_call(&store, started, metrics);
         out
     }
 
@@ -922,10 +974,15 @@ impl LoadedFilter {
             .call_on_response_body(&mut store, head, response, body)
             .await
             .map_err(|e| self.classify(&e));
-        self.metrics(metrics)
-            .run
-            .observe(started.elapsed().as_secs_f64());
+        self.observe_call(&store, started, metrics);
         out
+    }
+
+    /// Records a finished call's run time and peak linear memory.
+    fn observe_call(&self, store: &Store<HostState>, started: Instant, metrics: &Metrics) {
+        let m = self.metrics(metrics);
+        m.run.observe(started.elapsed().as_secs_f64());
+        m.memory_peak.observe(store.data().limits.peak as f64);
     }
 
     /// Its metric handles (resolved on first use; a loaded filter belongs to

@@ -77,6 +77,10 @@ config.response.append = { "x-served-by" = "{pop}/{route}" }
         "{m}"
     );
     assert!(m.contains("edgegate_filter_instantiate_seconds_count{filter=\"headers\"}"));
+    assert!(
+        m.contains("edgegate_filter_memory_peak_bytes_count{filter=\"headers\"} 2"),
+        "{m}"
+    );
 }
 
 const KEY_A_SHA256: &str = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"; // "secret"
@@ -1492,6 +1496,17 @@ config = { signing_keys = ["previous-key-0123456789", "current-key-0123456789"] 
         // EXIF orientation 6: a 300x200 sensor image displays as 200x300.
         let r = get(&gw, "/img/rotated.jpg?width=100", None).await;
         assert_eq!(r.dims(), (100, 150));
+        // Per-filter peak memory: decoding took megabytes of linear memory.
+        let m = gw.metrics().await;
+        let sum: f64 = m
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("edgegate_filter_memory_peak_bytes_sum{filter=\"image-transform\"} ")
+            })
+            .expect("peak memory is reported")
+            .parse()
+            .unwrap();
+        assert!(sum > 4e6, "{sum}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
