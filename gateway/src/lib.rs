@@ -9,9 +9,12 @@
 //!   the one mapping from failures to client responses;
 //! - [`upstream`]: upstream groups, selection, active and passive health;
 //! - [`filter_host`]: per-route WebAssembly filter components (wasmtime);
+//! - [`cache`]: the HTTP response cache (pingora-cache semantics on a
+//!   byte-bounded moka store, `Cache-Status`, purge);
 //! - [`ratelimit`]: host-held GCRA rate-limit buckets (`governor`);
 //! - [`tls`]: rustls certificates chosen by SNI, hot-swappable;
-//! - [`admin`]: the admin listener (healthz, readyz, status, metrics, drain);
+//! - [`admin`]: the admin listener (healthz, readyz, status, metrics, drain,
+//!   reload, purge);
 //! - [`server`]: assembles the Pingora services and the drain-aware shutdown;
 //! - [`metrics`]: the Prometheus registry;
 //! - [`demo`]: the built-in origin of `edgegate demo`.
