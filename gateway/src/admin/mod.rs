@@ -8,7 +8,7 @@
 //! |---------------------|--------------------------------------------------------------------|
 //! | `GET /healthz`      | 200 while the process serves (liveness)                            |
 //! | `GET /readyz`       | 200 when traffic should come here, else 503 + JSON reasons         |
-//! | `GET /status`       | JSON: PoP, version, uptime, config generation, upstream health     |
+//! | `GET /status`       | JSON: PoP, version, uptime, config generation, upstream health, cache |
 //! | `GET /metrics`      | Prometheus text format                                             |
 //! | `POST /admin/drain` | readyz fails at once, traffic still served, shutdown after window  |
 //! | `POST /admin/reload`| same as `SIGHUP`: 200 with the new generation, or 409 + the error   |
@@ -205,6 +205,22 @@ impl AdminApp {
         json_response(StatusCode::OK, json!({"purged": purged, "soft": soft}))
     }
 
+    fn cache_status(&self) -> serde_json::Value {
+        let store = self.shared.cache.store;
+        let (bytes, objects) = store.usage();
+        let counters = store.counters();
+        json!({
+            "capacity_bytes": store.size(),
+            "bytes": bytes,
+            "objects": objects,
+            "evictions": counters.evictions.load(std::sync::atomic::Ordering::Relaxed),
+            "routes": self.shared.current().config.routes.routes().iter()
+                .filter(|r| r.cache.is_some())
+                .map(|r| r.name.clone())
+                .collect::<Vec<_>>(),
+        })
+    }
+
     fn refresh_health_gauges(&self) {
         let g = self.shared.current();
         self.shared.metrics.backend_healthy.reset();
@@ -253,6 +269,7 @@ impl AdminApp {
                 "name": r.name, "upstream": r.upstream
             })).collect::<Vec<_>>(),
             "upstreams": upstreams,
+            "cache": self.cache_status(),
         })
     }
 }

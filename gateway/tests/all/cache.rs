@@ -286,6 +286,10 @@ async fn fresh_responses_are_served_from_cache_with_age_and_cache_status() {
     );
     assert!(m.contains(r#"edgegate_cache_requests_total{result="miss",route="all"} 1"#));
     assert!(m.contains("edgegate_cache_objects 1"), "{m}");
+    let status = gw.status().await;
+    assert_eq!(status["cache"]["objects"], 1, "{status}");
+    assert_eq!(status["cache"]["capacity_bytes"], 256 << 20);
+    assert_eq!(status["cache"]["routes"][0], "all");
 }
 
 #[tokio::test]
