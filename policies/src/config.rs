@@ -83,6 +83,8 @@ pub struct CachePolicy {
     pub lock_timeout: Duration,
     /// A client's `Cache-Control: no-cache` forces revalidation.
     pub honor_client_no_cache: bool,
+    /// Lower-case request header names `Vary` does not split on.
+    pub vary_ignore: Vec<String>,
 }
 
 /// A rate-limit bucket definition: `burst` requests at once, refilled at

@@ -96,6 +96,13 @@ pub struct RouteCacheConfig {
     /// Let a client's `Cache-Control: no-cache` force revalidation. Default
     /// false: anyone could otherwise make the PoP hammer the origin.
     pub honor_client_no_cache: Option<bool>,
+    /// Request headers the cache does not split stored responses on even
+    /// when the response's `Vary` names them, because a filter's cache-key
+    /// part already captures what the response depends on (e.g. `accept`
+    /// with the image filter's `format=auto`, whose key holds the negotiated
+    /// format). `Vary` is still sent to clients. Default: none.
+    #[serde(default)]
+    pub vary_ignore: Vec<String>,
 }
 
 /// `[rate_limits.NAME]`

@@ -823,6 +823,10 @@ fn validate_route_cache(
         allow_set_cookie: rc.allow_set_cookie.unwrap_or(false),
         lock_timeout,
         honor_client_no_cache: rc.honor_client_no_cache.unwrap_or(false),
+        vary_ignore: token_list(c, "vary_ignore", &rc.vary_ignore)?
+            .into_iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
     }))
 }
 

@@ -108,14 +108,12 @@ pub fn vary_names(meta_headers: &http::HeaderMap) -> Option<Vec<String>> {
     Some(names)
 }
 
-/// The variance of `req` against a stored response's `Vary`.
-pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+/// The variance of `req` against a stored response's `Vary`, leaving out
+/// the headers in `ignore`.
+pub fn variance(meta: &CacheMeta, req: &RequestHeader, ignore: &[String]) -> Option<HashBinary> {
     let names = vary_names(meta.headers())?;
-    if names.is_empty() {
-        return None;
-    }
     let mut builder = VarianceBuilder::new();
-    for name in &names {
+    for name in names.iter().filter(|n| !ignore.contains(n)) {
         let mut value = Vec::new();
         for (i, v) in req.headers.get_all(name.as_str()).iter().enumerate() {
             if i > 0 {
@@ -161,6 +159,7 @@ mod tests {
             allow_set_cookie: false,
             lock_timeout: Duration::from_secs(1),
             honor_client_no_cache: false,
+            vary_ignore: Vec::new(),
         }
     }
 

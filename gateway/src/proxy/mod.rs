@@ -661,7 +661,11 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut Self::CTX,
         req: &RequestHeader,
     ) -> Option<pingora::cache::key::HashBinary> {
-        let variance = edge_cache::key::variance(meta, req);
+        let ignore = ctx
+            .route()
+            .and_then(|r| r.cache.as_ref())
+            .map_or(&[][..], |p| &p.vary_ignore[..]);
+        let variance = edge_cache::key::variance(meta, req, ignore);
         if let (Some(stored), Some(cx)) = (meta.variance(), ctx.cache.as_deref_mut()) {
             if variance != Some(stored) {
                 cx.vary_miss = true;

@@ -401,6 +401,32 @@ async fn vary_keeps_variants_apart_and_vary_star_is_not_stored() {
 }
 
 #[tokio::test]
+async fn vary_ignore_leaves_out_headers_a_key_already_covers() {
+    let origin = Scripted::start().await;
+    origin.set(
+        "/v",
+        Reply::ok("max-age=60", "varied").header("vary", "Accept-Language, X-Other"),
+    );
+    let gw = gateway(
+        &origin,
+        "[routes.cache]\nvary_ignore = [\"Accept-Language\"]\n",
+        "",
+    )
+    .await;
+    get_with(&gw, "/v", &[("accept-language", "en")]).await;
+    let r = get_with(&gw, "/v", &[("accept-language", "fr")]).await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    assert_eq!(r.header("vary"), Some("Accept-Language, X-Other"));
+    let r = get_with(&gw, "/v", &[("x-other", "1")]).await;
+    assert!(
+        r.cache_status().contains("vary-miss"),
+        "still varies on the rest: {}",
+        r.cache_status()
+    );
+    assert_eq!(origin.hits("/v"), 2);
+}
+
+#[tokio::test]
 async fn what_must_not_be_shared_is_not_stored() {
     let origin = Scripted::start().await;
     origin.set("/no-store", Reply::ok("no-store, max-age=60", "x"));

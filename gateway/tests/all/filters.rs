@@ -1389,6 +1389,7 @@ name = "images"
 path_prefix = "/img"
 upstream = "app"
 [routes.cache]
+vary_ignore = ["accept"]
 [[routes.filters]]
 module = "image-transform"
 timeout = "5s"
@@ -1464,12 +1465,16 @@ config = { signing_keys = ["previous-key-0123456789", "current-key-0123456789"] 
         )
         .await;
         assert_eq!(png.h("content-type"), "image/png");
+        // Another browser's Accept that also takes WebP: the same variant
+        // (`vary_ignore = ["accept"]`: the filter's key part holds the
+        // negotiated format), while `Vary: Accept` still goes to clients.
         let webp2 = get(
             &gw,
             "/img/logo.png?width=100&format=auto",
-            Some("image/webp,*/*"),
+            Some("image/avif,image/webp"),
         )
         .await;
+        assert_eq!(webp2.h("vary"), "Accept");
         assert!(
             webp2.h("cache-status").contains("hit"),
             "{}",
