@@ -612,6 +612,9 @@ impl FilterChain {
     }
 }
 
+/// CPU deadline of the `phases` call made when a filter loads.
+const LOAD_CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The largest response body handed to a body filter.
 pub const MAX_TRANSFORM_BODY: usize = 64 << 20;
 
@@ -838,10 +841,15 @@ impl FilterSet {
             route: route.to_string(),
             metrics: OnceLock::new(),
         };
-        // Instantiate once now: proves it runs, and reads its phases.
+        // Instantiate once now: proves it runs, and reads its phases. This
+        // is config load, not a request: a loaded box (a reload while
+        // traffic peaks) must not fail it by descheduling the loader past a
+        // 20 ms request deadline, so it gets its own, longer one.
         let facts = Arc::new(RequestFacts::default());
         let phases = run_blocking(async {
             let mut store = loaded.store(facts);
+            store.data_mut().deadline =
+                Instant::now() + LOAD_CALL_DEADLINE.max(loaded.spec.timeout);
             let instance = loaded.pre.instantiate_async(&mut store).await?;
             instance.call_phases(&mut store).await
         })

@@ -1194,6 +1194,7 @@ upstream = "app"
 [[routes.filters]]
 path = "{}"
 memory = "4MiB"
+timeout = "2s"
 "#,
             wasm("body_upper")
         ),
