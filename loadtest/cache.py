@@ -27,7 +27,7 @@ Usage: python3 loadtest/cache.py [--workers 1] [--duration 10] [--rounds 3]
 """
 import argparse, json, os, pwd, shutil, signal, statistics, subprocess, tempfile, time, urllib.request
 
-from run import ROOT, free_port, wait_http, cpu_seconds, children, nginx, NGINX_COMMON, parse_wrk
+from run import ROOT, free_port, wait_http, cpu_seconds, children, nginx, NGINX_COMMON, parse_wrk, k6_result, stop
 from run import edgegate_conf as proxy_edgegate_conf
 
 PEERS = ("edgegate", "varnish", "haproxy", "nginx")
@@ -135,11 +135,7 @@ def run_k6(url, args, work, name, wrk_cpus):
     p = subprocess.run(["taskset", "-c", wrk_cpus, "k6", "run", "--quiet", "--no-color", "--summary-export",
                         summary, os.path.join(ROOT, "loadtest/k6/cache-hit.js")],
                        capture_output=True, text=True, env=env)
-    with open(summary) as f:
-        m = json.load(f)["metrics"]
-    return {"rps": m["http_reqs"]["rate"], "p50_ms": m["http_req_duration"]["med"],
-            "p99_ms": m["http_req_duration"]["p(99)"], "failed_rate": m["http_req_failed"]["value"],
-            "thresholds_ok": p.returncode == 0}
+    return k6_result(summary, p.returncode)
 
 
 def main():
@@ -283,16 +279,7 @@ def main():
                 json.dump({"args": vars(args), "rounds": results, "summary": summary,
                            "origin_requests_during": origin_during}, f, indent=2)
     finally:
-        for p in procs:
-            try:
-                p.send_signal(signal.SIGQUIT if "nginx" in p.args else signal.SIGTERM)
-            except Exception:
-                pass
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except Exception:
-                p.kill()
+        stop(procs)
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(shm, ignore_errors=True)
 

@@ -18,7 +18,7 @@ Needs: nginx, wrk, k6 (loadtest/setup.sh) and `pip install cryptography`.
 import argparse, base64, json, os, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import free_port, wait_http, nginx, origin_conf, run_wrk, run_k6, ROOT  # noqa: E402
+from run import free_port, wait_http, nginx, origin_conf, run_wrk, run_k6, stop, ROOT  # noqa: E402
 
 import hmac, hashlib  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
@@ -191,12 +191,7 @@ def main():
                 json.dump({"args": vars(args), "rounds": results, "summary": summary, "k6": k6,
                            "breakdown": breakdown}, f, indent=2)
     finally:
-        for p in procs:
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except Exception:
-                p.kill()
+        stop(procs)
 
 
 def run_k6_script(base, duration, work, name):

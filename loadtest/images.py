@@ -19,7 +19,7 @@ Usage: python3 loadtest/images.py [--n 30] [--rounds 3] [--out FILE]
 """
 import argparse, http.client, http.server, json, os, shutil, statistics, subprocess, tempfile, threading, time
 
-from run import ROOT, free_port, wait_http
+from run import ROOT, free_port, wait_http, stop
 
 QUERY = "width=400&quality=80"
 
@@ -153,12 +153,7 @@ memory = "256MiB"
             with open(args.out, "w") as f:
                 json.dump({"rounds": rows, "median": med}, f, indent=2)
     finally:
-        for p in procs:
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except Exception:
-                p.kill()
+        stop(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 

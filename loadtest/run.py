@@ -160,18 +160,36 @@ def run_wrk(url, pids, duration, connections):
     return r
 
 
+def k6_result(summary, returncode):
+    """What a k6 `--summary-export` file says: req/s, p50/p99 ms, failures, thresholds."""
+    with open(summary) as f:
+        m = json.load(f)["metrics"]
+    return {"rps": m["http_reqs"]["rate"], "p50_ms": m["http_req_duration"]["med"],
+            "p99_ms": m["http_req_duration"]["p(99)"], "failed_rate": m["http_req_failed"]["value"],
+            "thresholds_ok": returncode == 0}
+
+
+def stop(procs):
+    """Stops the servers a load test started: nginx gracefully (SIGQUIT), the rest by SIGTERM."""
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGQUIT if "nginx" in p.args else signal.SIGTERM)
+        except Exception:
+            pass
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except Exception:
+            p.kill()
+
+
 def run_k6(url, duration, vus, workdir, name):
     summary = os.path.join(workdir, f"k6-{name}.json")
     env = dict(os.environ, TARGET=url, VUS=str(vus), DURATION=f"{duration}s")
     p = subprocess.run(["k6", "run", "--quiet", "--no-color", "--summary-export", summary,
                         os.path.join(ROOT, "loadtest/k6/proxy-small.js")],
                        capture_output=True, text=True, env=env)
-    with open(summary) as f:
-        s = json.load(f)
-    m = s["metrics"]
-    return {"rps": m["http_reqs"]["rate"], "p50_ms": m["http_req_duration"]["med"],
-            "p99_ms": m["http_req_duration"]["p(99)"], "failed_rate": m["http_req_failed"]["value"],
-            "thresholds_ok": p.returncode == 0}
+    return k6_result(summary, p.returncode)
 
 
 def main():
@@ -268,16 +286,7 @@ def main():
             with open(args.out, "w") as f:
                 json.dump({"args": vars(args), "rounds": results, "summary": summary}, f, indent=2)
     finally:
-        for p in procs:
-            try:
-                p.send_signal(signal.SIGTERM if p.args[0] != "nginx" else signal.SIGQUIT)
-            except Exception:
-                pass
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except Exception:
-                p.kill()
+        stop(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 
