@@ -56,6 +56,9 @@ fn main() {
     };
     let conf = pingora::server::configuration::ServerConf {
         threads: 1,
+        // The runtime edgegate runs by default (`server.work_stealing = false`),
+        // so the floor compares like with like.
+        work_stealing: false,
         ..Default::default()
     };
     let mut server = pingora::server::Server::new_with_opt_and_conf(None, conf);

@@ -3,7 +3,9 @@
 //! prints µs per request. Complements `loadtest/filters.py`, which measures
 //! the same routes through the whole proxy.
 //!
-//!   cargo run --release -p edgegate --example filter_bench -- [N]
+//!   cargo run --release -p edgegate --example filter_bench -- [N] [ROUTE]
+//!
+//! With `EDGEGATE_WASM_PERFMAP=1`, `perf record` names guest functions.
 
 use edgegate::filter_host::{apply, FilterSet, RequestFacts};
 use edgegate::metrics::Metrics;
@@ -76,7 +78,11 @@ config = { bucket = "huge", key = "principal" }
         .build()?;
     println!("{n} requests per route, one thread, fresh instance per filter call");
     println!("{:16} {:>10}", "route", "µs/request");
+    let only = std::env::args().nth(2);
     for (id, route) in config.routes.routes().iter().enumerate() {
+        if only.as_ref().is_some_and(|o| *o != route.name) {
+            continue;
+        }
         let chain = set.chain(route, &config)?;
         let mut req = RequestHeader::build("GET", format!("/{}/x", route.name).as_bytes(), None)?;
         req.insert_header("host", "bench.test")?;

@@ -384,7 +384,7 @@ pub fn init_logging(log: &policies::Log) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+        .with_writer(crate::logout::LogOutput);
     let result = match log.format {
         policies::LogFormat::Json => builder
             .json()
@@ -407,13 +407,16 @@ fn serve(source: ConfigSource) -> ExitCode {
         }
     };
     init_logging(&shared.current().config.log);
-    match crate::server::run(
+    let served = crate::server::run(
         shared,
         crate::server::RunOptions {
             handle_signals: true,
             stop: None,
+            force_work_stealing: false,
         },
-    ) {
+    );
+    crate::logout::flush();
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("edgegate: {e:#}");

@@ -24,6 +24,8 @@ pub mod cache;
 pub mod cli;
 pub mod demo;
 pub mod filter_host;
+pub mod listening;
+pub mod logout;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;

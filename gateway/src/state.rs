@@ -149,6 +149,8 @@ pub struct Shared {
     /// TLS resolvers by listener name (fixed at start; contents reload).
     pub tls: Vec<(String, Arc<SniResolver>)>,
     draining: AtomicBool,
+    /// Every public listener has been seen accepting (checked until true).
+    listeners_up: AtomicBool,
     drain_tx: watch::Sender<bool>,
     started: Instant,
     reload_lock: Mutex<()>,
@@ -326,6 +328,7 @@ impl Shared {
             cache,
             tls,
             draining: AtomicBool::new(false),
+            listeners_up: AtomicBool::new(false),
             drain_tx,
             started: Instant::now(),
             reload_lock: Mutex::new(()),
@@ -377,8 +380,12 @@ impl Shared {
                 "addresses, names, TLS or the admin address".into(),
             ));
         }
-        if config.server.threads != old.config.server.threads {
-            tracing::warn!("server.threads changes apply at the next restart");
+        if config.server.threads != old.config.server.threads
+            || config.server.work_stealing != old.config.server.work_stealing
+        {
+            tracing::warn!(
+                "server.threads and server.work_stealing changes apply at the next restart"
+            );
         }
         let stores = load_stores(&config)?;
         let generation = build_generation(old.id + 1, config, Some(&old), &self.metrics)?;
@@ -437,6 +444,18 @@ impl Shared {
             reasons.push("draining".to_string());
         }
         let generation = self.current();
+        if !self.listeners_up.load(Ordering::Relaxed) {
+            let addrs: Vec<_> = generation
+                .config
+                .listeners
+                .iter()
+                .map(|l| l.listen)
+                .collect();
+            match crate::listening::first_not_listening(&addrs) {
+                None => self.listeners_up.store(true, Ordering::Relaxed),
+                Some(a) => reasons.push(format!("listener {a}: not accepting connections yet")),
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for (route, group) in generation
             .config

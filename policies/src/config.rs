@@ -166,6 +166,8 @@ pub struct FilterSpec {
 pub struct Server {
     /// Proxy worker threads.
     pub threads: NonZeroUsize,
+    /// One work-stealing runtime (true) or one event loop per thread.
+    pub work_stealing: bool,
     /// Time `/readyz` reports draining while traffic is still served.
     pub drain_window: Duration,
     /// Time in-flight requests get once listeners close.

@@ -182,6 +182,10 @@ pub struct PopConfig {
 pub struct ServerConfig {
     /// Worker threads for the proxy. Default: number of CPUs.
     pub threads: Option<usize>,
+    /// Let idle worker threads steal queued tasks from busy ones (one
+    /// shared work-stealing runtime) instead of one event loop per thread
+    /// with connections spread across them. Default false.
+    pub work_stealing: Option<bool>,
     /// How long `/readyz` reports draining while traffic is still served,
     /// before graceful shutdown starts. Default `10s`.
     pub drain_window: Option<String>,

@@ -153,6 +153,7 @@ pub(crate) fn validate(
         }
         Ok(Server {
             threads: non_zero(c, "threads", s.threads, default_threads.max(1))?,
+            work_stealing: s.work_stealing.unwrap_or(false),
             drain_window: c.duration("drain_window", &s.drain_window, Duration::from_secs(10))?,
             shutdown_timeout: c.duration(
                 "shutdown_timeout",

@@ -760,7 +760,7 @@ impl ProxyHttp for EdgeProxy {
             };
             let req = session.req_header();
             tracing::info!(
-                target: "edgegate::access",
+                target: crate::logout::ACCESS_TARGET,
                 client = %client_ip(session).map_or_else(|| "-".to_string(), |ip| ip.to_string()),
                 method = %req.method,
                 host = %req.uri.host().or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("-"),

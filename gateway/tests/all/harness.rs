@@ -208,6 +208,10 @@ impl Gateway {
                 edgegate::server::RunOptions {
                     handle_signals: false,
                     stop: Some(stop_rx),
+                    // Many servers start and stop in this one process; the
+                    // per-thread runtimes (the default) are covered by the
+                    // tests in process.rs, which run the binary.
+                    force_work_stealing: true,
                 },
             )
             .unwrap();

@@ -283,6 +283,14 @@ async fn drop_in_round_robin_json_access_log_and_sigterm_drain() {
         started.elapsed() >= Duration::from_millis(1400),
         "exited before the drain window"
     );
+    // Access lines are buffered: the one served while draining was still
+    // written out before the process ended.
+    let out = p.output();
+    assert!(
+        out.lines()
+            .any(|l| l.contains("\"target\":\"edgegate::access\"") && l.contains("\"path\":\"/y\"")),
+        "the access line of the request served while draining is missing:\n{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -500,4 +508,85 @@ async fn drop_in_cache_flag_caches_what_the_origin_marks_cacheable() {
         .await
         .unwrap();
     assert!(m.contains("edgegate_cache_capacity_bytes 16777216"), "{m}");
+}
+
+/// Both runtime flavours (`server.work_stealing`), each in its own process
+/// as in production, on one worker thread (the harshest case for per-thread
+/// event loops): many connections at once are all served, and a filter
+/// spinning on one route is stopped at its deadline while the other route
+/// keeps answering (the epoch callback yields the spinning guest back to
+/// the event loop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_runtime_flavours_serve_concurrently_beside_a_spinning_filter() {
+    for stealing in [false, true] {
+        let o = Origin::start("o").await;
+        let [p_listen, p_admin] = free_ports::<2>();
+        let (listen, admin) = (
+            format!("127.0.0.1:{p_listen}"),
+            format!("127.0.0.1:{p_admin}"),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edgegate.toml");
+        let spin = guest_dir().join("spin.wasm");
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+[server]
+threads = 1
+work_stealing = {stealing}
+[log]
+access_log = false
+[admin]
+listen = "{admin}"
+[[listeners]]
+listen = "{listen}"
+[upstreams.app]
+backends = ["{origin}"]
+[[routes]]
+name = "spin"
+path_prefix = "/spin"
+upstream = "app"
+[[routes.filters]]
+path = "{spin}"
+timeout = "30ms"
+[[routes]]
+name = "ok"
+upstream = "app"
+"#,
+                origin = o.addr,
+                spin = spin.display()
+            ),
+        )
+        .unwrap();
+        let p = Proc::spawn(&["--config", path.to_str().unwrap()]);
+        wait_up(&admin).await;
+
+        let mut spins = Vec::new();
+        for _ in 0..4 {
+            let url = format!("http://{listen}/spin/x");
+            spins.push(tokio::spawn(async move {
+                client().get(&url).send().await.unwrap().status()
+            }));
+        }
+        let mut tasks = Vec::new();
+        for c in 0..16 {
+            let url = format!("http://{listen}/c{c}");
+            tasks.push(tokio::spawn(async move {
+                // One client per task: its own keep-alive connection.
+                let http = client();
+                for _ in 0..10 {
+                    let r = http.get(&url).send().await.unwrap();
+                    assert_eq!(r.status(), 200);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        for s in spins {
+            assert_eq!(s.await.unwrap(), 503, "work_stealing = {stealing}");
+        }
+        assert_eq!(o.hits(), 160, "work_stealing = {stealing}:\n{}", p.output());
+    }
 }
