@@ -22,9 +22,26 @@
 //!   every call paid page faults; jwt-auth 30.5 → 11.9 µs, the
 //!   jwt + rate-limit + headers chain 91 → 30 µs. First-party filters and
 //!   `edgegate filter new` crates link with the small stack. With that, the
-//!   fresh instance meets the ≤ 10 µs no-op budget in process, so reuse
-//!   (which would need a verified reset of guest memory) is not worth its
-//!   isolation risk.
+//!   fresh instance meets the ≤ 10 µs no-op budget in process, and through
+//!   the whole proxy once the proxy runs one event loop per worker thread
+//!   (`server.work_stealing = false`: 7.4 µs added, `loadtest/RESULTS.md`).
+//! - **Why not reuse instances.** A fresh instance costs ≥ 4.3 µs however
+//!   little the guest does (bare `Store::new` + instantiate + drop of the
+//!   no-op, one thread): resetting its 128 KiB memory on drop (~15%),
+//!   copying data segments in, three core instances per component (module,
+//!   shim, fixup), function lookups, store bookkeeping. A warm instance call
+//!   is ~1.4 µs, so a jwt + rate-limit route at 0.75× a plain route's
+//!   throughput (≤ 7.8 µs added) is out of reach with two fresh instances.
+//!   Reuse needs a *verified* reset (memory, globals, tables, component
+//!   flags back to their instantiated state); wasmtime 48 has none
+//!   (bytecodealliance/wasmtime#14313 proposes it) and its introspection
+//!   (`debug_memory`, `debug_global`) requires guest-debug code generation.
+//!   Trusting guests to clean up after themselves (as `wasmtime serve` does
+//!   for WASIp3) would let one tenant's request see another's data, so
+//!   edgegate keeps fresh instances until a verified reset exists. Measured
+//!   and rejected: `pagemap_scan` (the ioctl costs what it saves),
+//!   copy-on-write images (within noise in process, worse on several
+//!   threads in the research runs).
 //! - **Pooling tuned for several threads**: the default pooling allocator
 //!   decommits with `madvise` per instance, which costs a TLB shootdown per
 //!   request once more than one thread runs (≈ 100 µs/request measured on 2

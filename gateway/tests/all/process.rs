@@ -93,6 +93,12 @@ fn run_ok(cmd: &mut Command) -> String {
     stdout
 }
 
+/// Two free loopback addresses: a public listener and an admin listener.
+fn listen_and_admin() -> (String, String) {
+    let [listen, admin] = free_ports::<2>();
+    (format!("127.0.0.1:{listen}"), format!("127.0.0.1:{admin}"))
+}
+
 async fn wait_up(admin: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -175,11 +181,7 @@ fn check_load_loads_what_the_config_names() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_in_round_robin_json_access_log_and_sigterm_drain() {
     let (a, b) = (Origin::start("a").await, Origin::start("b").await);
-    let [p_listen, p_admin] = free_ports::<2>();
-    let (listen, admin) = (
-        format!("127.0.0.1:{p_listen}"),
-        format!("127.0.0.1:{p_admin}"),
-    );
+    let (listen, admin) = listen_and_admin();
     let mut p = Proc::spawn(&[
         "--upstream",
         &format!("http://{}", a.addr),
@@ -296,11 +298,7 @@ async fn drop_in_round_robin_json_access_log_and_sigterm_drain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_a_good_config_and_rejects_a_bad_one() {
     let (a, b) = (Origin::start("a").await, Origin::start("b").await);
-    let [p_listen, p_admin] = free_ports::<2>();
-    let (listen, admin) = (
-        format!("127.0.0.1:{p_listen}"),
-        format!("127.0.0.1:{p_admin}"),
-    );
+    let (listen, admin) = listen_and_admin();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("edgegate.toml");
     let config = |backend: std::net::SocketAddr| {
@@ -463,11 +461,7 @@ async fn drop_in_cache_flag_caches_what_the_origin_marks_cacheable() {
     let origin = Scripted::start().await;
     origin.set("/c", Reply::ok("max-age=60", "cacheable"));
     origin.set("/u", Reply::ok("", "unmarked"));
-    let [p_listen, p_admin] = free_ports::<2>();
-    let (listen, admin) = (
-        format!("127.0.0.1:{p_listen}"),
-        format!("127.0.0.1:{p_admin}"),
-    );
+    let (listen, admin) = listen_and_admin();
     let _p = Proc::spawn(&[
         "--upstream",
         &format!("http://{}", origin.addr),
@@ -520,11 +514,7 @@ async fn drop_in_cache_flag_caches_what_the_origin_marks_cacheable() {
 async fn both_runtime_flavours_serve_concurrently_beside_a_spinning_filter() {
     for stealing in [false, true] {
         let o = Origin::start("o").await;
-        let [p_listen, p_admin] = free_ports::<2>();
-        let (listen, admin) = (
-            format!("127.0.0.1:{p_listen}"),
-            format!("127.0.0.1:{p_admin}"),
-        );
+        let (listen, admin) = listen_and_admin();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("edgegate.toml");
         let spin = guest_dir().join("spin.wasm");
