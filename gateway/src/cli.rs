@@ -384,7 +384,7 @@ pub fn init_logging(log: &policies::Log) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(crate::logout::LogOutput);
+        .with_writer(std::io::stdout);
     let result = match log.format {
         policies::LogFormat::Json => builder
             .json()

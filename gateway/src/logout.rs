@@ -1,5 +1,5 @@
-//! Where log lines go: internal logs straight to stdout, access-log lines
-//! through a buffer.
+//! The access log: one line per request, formatted here and written
+//! through a buffer (internal logs go through `tracing` to stdout).
 //!
 //! Unbuffered, the access log costs one `write(2)` per request on the
 //! worker thread that served it (the drop-in mode logs every request by
@@ -13,13 +13,12 @@
 use std::io::Write;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
-use tracing_subscriber::fmt::MakeWriter;
 
 /// Buffered bytes that trigger a write on the logging thread.
 pub const FLUSH_AT: usize = 64 << 10;
 /// Longest time a line waits in the buffer.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
-/// The `tracing` target of access-log events.
+/// The `target` access lines carry, as `tracing` lines carry theirs.
 pub const ACCESS_TARGET: &str = "edgegate::access";
 
 struct Buffer {
@@ -65,8 +64,8 @@ pub fn flush() {
     let _ = out.flush();
 }
 
-/// One access-log line on its way into the buffer.
-pub struct AccessLine;
+/// Access-log bytes on their way into the buffer.
+struct AccessLine;
 
 impl Write for AccessLine {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
@@ -87,53 +86,163 @@ impl Write for AccessLine {
     }
 }
 
-/// Either stdout or the access buffer.
-pub enum Output {
-    /// Internal logs.
-    Stdout(std::io::Stdout),
-    /// Access-log lines.
-    Access(AccessLine),
+/// One request's access-log line.
+#[derive(serde::Serialize)]
+pub struct AccessRecord<'a> {
+    /// TCP peer address, when known.
+    pub client: Option<std::net::IpAddr>,
+    /// Request method.
+    pub method: &'a str,
+    /// Host the request named.
+    pub host: &'a str,
+    /// Path, without the query.
+    pub path: &'a str,
+    /// Route name (`-` when none matched).
+    pub route: &'a str,
+    /// Backend address (`-` when none was used).
+    pub upstream: &'a str,
+    /// Status sent.
+    pub status: u16,
+    /// Response body bytes sent.
+    pub bytes: usize,
+    /// Time from request to logging.
+    pub duration_ms: f64,
+    /// Upstream attempts.
+    pub attempts: u32,
+    /// Request id.
+    pub request_id: &'a str,
+    /// Principal set by an auth filter (`-` when none).
+    pub principal: &'a str,
+    /// Pingora error type, empty when none.
+    pub error: &'a str,
 }
 
-impl Write for Output {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Output::Stdout(s) => s.write(data),
-            Output::Access(a) => a.write(data),
-        }
-    }
-
-    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
-        match self {
-            Output::Stdout(s) => s.write_all(data),
-            Output::Access(a) => a.write_all(data),
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Output::Stdout(s) => s.flush(),
-            Output::Access(a) => a.flush(),
-        }
-    }
+#[derive(serde::Serialize)]
+struct JsonLine<'a> {
+    timestamp: &'a str,
+    level: &'static str,
+    target: &'static str,
+    #[serde(flatten)]
+    record: &'a AccessRecord<'a>,
 }
 
-/// The `tracing` writer: access events buffered, the rest direct.
-#[derive(Clone, Copy, Default)]
-pub struct LogOutput;
+/// Writes one access line in `format` into the buffer. Formatted by hand
+/// rather than through `tracing`'s field visitors: the access log is on by
+/// default and runs once per request (same keys and shape as the `tracing`
+/// output of internal logs, so one log pipeline reads both). Independent of
+/// `log.level`: `log.access_log` alone turns it on or off.
+pub fn access(record: &AccessRecord<'_>, format: policies::LogFormat) {
+    thread_local! {
+        static LINE: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(512));
+    }
+    LINE.with(|line| {
+        let mut line = line.borrow_mut();
+        line.clear();
+        let now = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+        format_line(record, format, &now, &mut line);
+        let _ = AccessLine.write(line.as_bytes());
+    });
+}
 
-impl<'a> MakeWriter<'a> for LogOutput {
-    type Writer = Output;
+/// One access line, newline included, appended to `line`.
+fn format_line(
+    record: &AccessRecord<'_>,
+    format: policies::LogFormat,
+    now: &str,
+    line: &mut String,
+) {
+    use std::fmt::Write as _;
+    match format {
+        policies::LogFormat::Json => {
+            let json = JsonLine {
+                timestamp: now,
+                level: "INFO",
+                target: ACCESS_TARGET,
+                record,
+            };
+            if let Ok(text) = serde_json::to_string(&json) {
+                line.push_str(&text);
+            }
+        }
+        policies::LogFormat::Text => {
+            let r = record;
+            let _ = write!(
+                line,
+                "{now}  INFO {ACCESS_TARGET}: client={} method={} host={} path={} route={} upstream={} status={} bytes={} duration_ms={:.3} attempts={} request_id={} principal={} error={}",
+                r.client.map_or_else(|| "-".to_string(), |c| c.to_string()),
+                r.method,
+                r.host,
+                r.path,
+                r.route,
+                r.upstream,
+                r.status,
+                r.bytes,
+                r.duration_ms,
+                r.attempts,
+                r.request_id,
+                r.principal,
+                r.error,
+            );
+        }
+    }
+    line.push('\n');
+}
 
-    fn make_writer(&'a self) -> Output {
-        Output::Stdout(std::io::stdout())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> AccessRecord<'static> {
+        AccessRecord {
+            client: Some("192.0.2.7".parse().unwrap()),
+            method: "GET",
+            host: "a.test",
+            path: "/we\"ird",
+            route: "r",
+            upstream: "127.0.0.1:9000",
+            status: 200,
+            bytes: 12,
+            duration_ms: 1.5,
+            attempts: 1,
+            request_id: "id-1",
+            principal: "-",
+            error: "",
+        }
     }
 
-    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Output {
-        if meta.target() == ACCESS_TARGET {
-            Output::Access(AccessLine)
-        } else {
-            Output::Stdout(std::io::stdout())
-        }
+    #[test]
+    fn json_lines_parse_and_carry_every_field() {
+        let mut line = String::new();
+        format_line(
+            &record(),
+            policies::LogFormat::Json,
+            "2026-11-21T07:00:00.000000Z",
+            &mut line,
+        );
+        assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+        let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(v["target"], ACCESS_TARGET);
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["client"], "192.0.2.7");
+        assert_eq!(v["path"], "/we\"ird");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["duration_ms"], 1.5);
+        assert_eq!(v["upstream"], "127.0.0.1:9000");
+        let mut none = record();
+        none.client = None;
+        line.clear();
+        format_line(&none, policies::LogFormat::Json, "t", &mut line);
+        let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert!(v["client"].is_null());
+    }
+
+    #[test]
+    fn text_lines_are_one_line_of_key_values() {
+        let mut line = String::new();
+        format_line(&record(), policies::LogFormat::Text, "T", &mut line);
+        assert_eq!(
+            line,
+            "T  INFO edgegate::access: client=192.0.2.7 method=GET host=a.test path=/we\"ird route=r upstream=127.0.0.1:9000 status=200 bytes=12 duration_ms=1.500 attempts=1 request_id=id-1 principal=- error=\n"
+        );
     }
 }

@@ -759,21 +759,35 @@ impl ProxyHttp for EdgeProxy {
                 _ => "-",
             };
             let req = session.req_header();
-            tracing::info!(
-                target: crate::logout::ACCESS_TARGET,
-                client = %client_ip(session).map_or_else(|| "-".to_string(), |ip| ip.to_string()),
-                method = %req.method,
-                host = %req.uri.host().or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("-"),
-                path = %req.uri.path(),
-                route = route_name,
-                upstream,
-                status,
-                bytes = session.body_bytes_sent(),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                attempts = ctx.attempts,
-                request_id = %ctx.request_id,
-                principal = ctx.facts.as_ref().and_then(|f| f.principal.as_deref()).unwrap_or("-"),
-                error = e.map(|e| e.etype().as_str()).unwrap_or(""),
+            crate::logout::access(
+                &crate::logout::AccessRecord {
+                    client: client_ip(session),
+                    method: req.method.as_str(),
+                    host: req
+                        .uri
+                        .host()
+                        .or_else(|| {
+                            req.headers
+                                .get(http::header::HOST)
+                                .and_then(|h| h.to_str().ok())
+                        })
+                        .unwrap_or("-"),
+                    path: req.uri.path(),
+                    route: route_name,
+                    upstream,
+                    status,
+                    bytes: session.body_bytes_sent(),
+                    duration_ms: elapsed.as_secs_f64() * 1000.0,
+                    attempts: ctx.attempts,
+                    request_id: &ctx.request_id,
+                    principal: ctx
+                        .facts
+                        .as_ref()
+                        .and_then(|f| f.principal.as_deref())
+                        .unwrap_or("-"),
+                    error: e.map(|e| e.etype().as_str()).unwrap_or(""),
+                },
+                ctx.generation.config.log.format,
             );
         }
     }
