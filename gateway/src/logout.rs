@@ -166,26 +166,54 @@ fn format_line(
         }
         policies::LogFormat::Text => {
             let r = record;
+            let _ = write!(line, "{now}  INFO {ACCESS_TARGET}: client=");
+            match r.client {
+                Some(c) => {
+                    let _ = write!(line, "{c}");
+                }
+                None => line.push('-'),
+            }
+            for (key, value) in [
+                ("method", r.method),
+                ("host", r.host),
+                ("path", r.path),
+                ("route", r.route),
+                ("upstream", r.upstream),
+            ] {
+                text_field(line, key, value);
+            }
             let _ = write!(
                 line,
-                "{now}  INFO {ACCESS_TARGET}: client={} method={} host={} path={} route={} upstream={} status={} bytes={} duration_ms={:.3} attempts={} request_id={} principal={} error={}",
-                r.client.map_or_else(|| "-".to_string(), |c| c.to_string()),
-                r.method,
-                r.host,
-                r.path,
-                r.route,
-                r.upstream,
-                r.status,
-                r.bytes,
-                r.duration_ms,
-                r.attempts,
-                r.request_id,
-                r.principal,
-                r.error,
+                " status={} bytes={} duration_ms={:.3} attempts={}",
+                r.status, r.bytes, r.duration_ms, r.attempts
             );
+            for (key, value) in [
+                ("request_id", r.request_id),
+                ("principal", r.principal),
+                ("error", r.error),
+            ] {
+                text_field(line, key, value);
+            }
         }
     }
     line.push('\n');
+}
+
+/// ` key=value`, the value quoted and escaped as a JSON string when it
+/// holds anything but visible ASCII (a client-sent `Host` or a filter's
+/// principal must not be able to forge fields or lines in the text log).
+fn text_field(line: &mut String, key: &str, value: &str) {
+    line.push(' ');
+    line.push_str(key);
+    line.push('=');
+    if value
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
+        line.push_str(value);
+    } else if let Ok(quoted) = serde_json::to_string(value) {
+        line.push_str(&quoted);
+    }
 }
 
 #[cfg(test)]
@@ -242,7 +270,19 @@ mod tests {
         format_line(&record(), policies::LogFormat::Text, "T", &mut line);
         assert_eq!(
             line,
-            "T  INFO edgegate::access: client=192.0.2.7 method=GET host=a.test path=/we\"ird route=r upstream=127.0.0.1:9000 status=200 bytes=12 duration_ms=1.500 attempts=1 request_id=id-1 principal=- error=\n"
+            "T  INFO edgegate::access: client=192.0.2.7 method=GET host=a.test path=\"/we\\\"ird\" route=r upstream=127.0.0.1:9000 status=200 bytes=12 duration_ms=1.500 attempts=1 request_id=id-1 principal=- error=\n"
         );
+    }
+
+    #[test]
+    fn text_values_cannot_forge_fields_or_lines() {
+        let mut r = record();
+        r.host = "a.test status=500";
+        r.principal = "eve\n2026-01-01T00:00:00Z  INFO edgegate::access: forged";
+        let mut line = String::new();
+        format_line(&r, policies::LogFormat::Text, "T", &mut line);
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
+        assert!(line.contains(r#"host="a.test status=500""#), "{line}");
+        assert!(line.contains(r#"principal="eve\n2026"#), "{line}");
     }
 }
