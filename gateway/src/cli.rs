@@ -396,6 +396,7 @@ pub fn init_logging(log: &policies::Log) {
     if let Err(e) = result {
         eprintln!("logging already set up: {e}");
     }
+    crate::logout::enable();
 }
 
 fn serve(source: ConfigSource) -> ExitCode {

@@ -30,6 +30,16 @@ struct Buffer {
 
 static BUFFER: OnceLock<Buffer> = OnceLock::new();
 
+/// Set by [`enable`]: the binary writes access lines to stdout; a library
+/// embedding the gateway (the in-process tests) does not, as with `tracing`
+/// events when no subscriber is installed.
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets [`access`] write (called when the process sets up its logging).
+pub fn enable() {
+    ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The buffer, and its flusher thread on first use.
 fn buffer() -> &'static Buffer {
     BUFFER.get_or_init(|| {
@@ -132,6 +142,9 @@ struct JsonLine<'a> {
 /// output of internal logs, so one log pipeline reads both). Independent of
 /// `log.level`: `log.access_log` alone turns it on or off.
 pub fn access(record: &AccessRecord<'_>, format: policies::LogFormat) {
+    if !ENABLED.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     thread_local! {
         static LINE: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(512));
     }
