@@ -321,7 +321,10 @@ mod tests {
         assert_eq!(o.canonical(), o2.canonical());
         assert_eq!(Options::parse("", 8192).unwrap(), None);
         // Every canonical form parses back to the same options.
-        for q in ["fit=crop&width=1&height=2&gravity=bottom-right&dpr=1.5&rotate=270&format=png"] {
+        for q in [
+            "fit=crop&width=1&height=2&gravity=bottom-right&dpr=1.5&rotate=270&format=png",
+            "w=400&q=80&f=auto",
+        ] {
             let o = Options::parse(q, 8192).unwrap().unwrap();
             let back = Options::parse(&o.canonical(), 8192).unwrap().unwrap();
             assert_eq!(o, back);

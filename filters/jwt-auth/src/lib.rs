@@ -179,10 +179,10 @@ fn check(
             "keys unavailable"
         }
     })?;
-    let claims = b64(p)
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .and_then(|v| v.as_object().cloned())
-        .ok_or("malformed token")?;
+    let claims = match b64(p).and_then(|b| serde_json::from_slice::<Value>(&b).ok()) {
+        Some(Value::Object(claims)) => claims,
+        _ => return Err("malformed token"),
+    };
     for name in &c.required_claims {
         if !claims.contains_key(name) {
             return Err("missing required claim");
