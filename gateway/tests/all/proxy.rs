@@ -375,8 +375,10 @@ async fn websocket_upgrade_passes_through() {
     // released in 0.9.1): when the upstream's 101 is read before the upgrade
     // request's empty body end, Pingora's upstream half takes that end for
     // the end of the tunnel and tears it down; the client's first frame then
-    // meets a reset. `websocket_first_frame_race_rate` below measures it
-    // (1.5–1.9% of connections here). Until the fix ships, the first frame
+    // meets a reset: 1.5–1.9% of connections in this in-process harness
+    // (work-stealing runtime, suite load); `cargo run --release -p edgegate
+    // --example ws_first_frame -- 2000 [steal]` measures it alone (0 of 2000
+    // per-thread, 1 of 2000 work-stealing on an idle box). Until the fix ships, the first frame
     // waits a moment; the steady-state pass-through is what this test proves.
     tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..3 {
@@ -388,74 +390,6 @@ async fn websocket_upgrade_passes_through() {
             .unwrap_or_else(|e| panic!("echo {i}: {e:?}"));
         assert_eq!(echo.into_text().unwrap().as_str(), format!("hello {i}"));
     }
-}
-
-/// Reproducer for cloudflare/pingora#946 (see above; ignored: it measures
-/// a rate, it does not pass or fail on it). Run with
-/// `cargo test -p edgegate --test all -- --ignored websocket_first_frame --nocapture`
-/// (`WS_TRIES=400 WS_LOG=pingora_proxy=debug` to see the upstream half see
-/// its pipe closed: "try_reserve() body pipe for upstream ... Closed").
-/// Once the Pingora fix lands, the lost count is 0 and this becomes a
-/// regular test asserting so.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn websocket_first_frame_race_rate() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("WS_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_test_writer()
-        .try_init();
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ws_addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                match tokio_tungstenite::accept_async(s).await {
-                    Err(e) => println!("origin: handshake error {e}"),
-                    Ok(mut ws) => loop {
-                        match ws.next().await {
-                            Some(Ok(m)) if m.is_text() => {
-                                if let Err(e) = ws.send(m).await {
-                                    println!("origin: send error {e}");
-                                    break;
-                                }
-                            }
-                            Some(Ok(_)) => {}
-                            Some(Err(e)) => {
-                                println!("origin: read error {e}");
-                                break;
-                            }
-                            None => break,
-                        }
-                    },
-                }
-            });
-        }
-    });
-    let gw = Gateway::start(&simple_config(&[ws_addr], "")).await;
-    let tries: usize = std::env::var("WS_TRIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
-    for i in 0..tries {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/chat", gw.http))
-            .await
-            .unwrap();
-        let outcome = match ws.send(Message::text(format!("first {i}"))).await {
-            Err(e) => format!("send error: {e}"),
-            Ok(()) => match tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
-                Err(_) => "no echo within 2 s".to_string(),
-                Ok(None) => "closed".to_string(),
-                Ok(Some(Err(e))) => format!("read error: {e}"),
-                Ok(Some(Ok(m))) if m.is_text() => "echoed".to_string(),
-                Ok(Some(Ok(m))) => format!("other frame: {m:?}"),
-            },
-        };
-        *outcomes.entry(outcome).or_default() += 1;
-    }
-    println!("{tries} upgraded connections, first frame sent at once: {outcomes:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
