@@ -74,25 +74,16 @@ pub fn flush() {
     let _ = out.flush();
 }
 
-/// Access-log bytes on their way into the buffer.
-struct AccessLine;
-
-impl Write for AccessLine {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let b = buffer();
-        let full = {
-            let mut lines = b.lines.lock().unwrap_or_else(|p| p.into_inner());
-            lines.extend_from_slice(data);
-            lines.len() >= FLUSH_AT
-        };
-        if full {
-            flush();
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+/// Appends whole lines to the buffer, writing it out once it is full.
+fn append(lines: &[u8]) {
+    let b = buffer();
+    let full = {
+        let mut buffered = b.lines.lock().unwrap_or_else(|p| p.into_inner());
+        buffered.extend_from_slice(lines);
+        buffered.len() >= FLUSH_AT
+    };
+    if full {
+        flush();
     }
 }
 
@@ -153,7 +144,7 @@ pub fn access(record: &AccessRecord<'_>, format: policies::LogFormat) {
         line.clear();
         let now = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
         format_line(record, format, &now, &mut line);
-        let _ = AccessLine.write(line.as_bytes());
+        append(line.as_bytes());
     });
 }
 
