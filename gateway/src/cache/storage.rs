@@ -120,6 +120,10 @@ pub struct Object {
     tags: Box<[Box<str>]>,
     /// Soft purge: unix seconds it went out of service, 0 while in service.
     expired_at: AtomicU64,
+    /// Servable as a fresh hit without pingora-cache's machinery
+    /// ([`MokaStore::fresh`]): no `Vary`, and a `Content-Length` that is the
+    /// stored body's, on a status that has a body.
+    plain: bool,
 }
 
 impl Object {
@@ -132,12 +136,52 @@ impl Object {
             .filter(|t| !t.is_empty())
             .map(Box::from)
             .collect();
+        let h = &meta.header;
+        let status = h.status.as_u16();
+        let plain = meta.variance.is_none()
+            && !h.headers.contains_key(http::header::VARY)
+            && !h.headers.contains_key(http::header::TRANSFER_ENCODING)
+            && status >= 200
+            && !matches!(status, 204 | 304)
+            && h.headers
+                .get_all(http::header::CONTENT_LENGTH)
+                .iter()
+                .count()
+                == 1
+            && h.headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+                == Some(body.len());
         Self {
             meta,
             body,
             tags,
             expired_at: AtomicU64::new(0),
+            plain,
         }
+    }
+
+    /// The stored response header.
+    pub fn header(&self) -> &ResponseHeader {
+        &self.meta.header
+    }
+
+    /// The stored body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// When it stops being fresh.
+    pub fn fresh_until(&self) -> SystemTime {
+        self.meta.fresh_until
+    }
+
+    /// Its `Age` at `now` in seconds (RFC 9111 §5.1), counted as pingora
+    /// counts it: from when it was stored or last revalidated.
+    pub fn age(&self, now: SystemTime) -> u64 {
+        now.duration_since(self.meta.epoch)
+            .map_or(0, |d| d.as_secs())
     }
 
     fn weight(&self) -> usize {
@@ -230,6 +274,9 @@ pub struct StoreCounters {
     pub evictions: AtomicU64,
     /// Fills dropped because the body outgrew the object cap.
     pub too_large: AtomicU64,
+    /// Lookups pingora-cache made (fresh hits served by
+    /// [`MokaStore::fresh`] make none).
+    pub lookups: AtomicU64,
 }
 
 /// The store: moka behind an `ArcSwap` so a reload can change its size.
@@ -289,6 +336,19 @@ impl MokaStore {
             now.insert(Box::from(&k[..]), v);
         }
         self.size.store(size, Ordering::Relaxed);
+    }
+
+    /// The object stored for `url` at `slot` when it can be served as is:
+    /// fresh at `now` (pingora's rule, `fresh_until >= now`), never purged,
+    /// and plain (see [`Object`]). Anything else — stale, soft-purged,
+    /// varying, missing — is `None`, and pingora-cache decides.
+    pub fn fresh(&self, url: &[u8], slot: &HashBinary, now: SystemTime) -> Option<Arc<Object>> {
+        let fam = self.map.load().get(url)?;
+        let object = fam.get(slot)?;
+        let servable = object.plain
+            && object.expired_at.load(Ordering::Relaxed) == 0
+            && object.meta.fresh_until >= now;
+        servable.then(|| Arc::clone(object))
     }
 
     /// Counters kept by the store.
@@ -529,6 +589,7 @@ impl Storage for MokaStore {
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        self.counters.lookups.fetch_add(1, Ordering::Relaxed);
         let Some(fam) = self.map.load().get(url_of(key.primary_key())) else {
             return Ok(None);
         };
@@ -635,11 +696,89 @@ mod tests {
     }
 
     async fn fill(s: &'static MokaStore, primary: &str, tags: &str, body: &'static [u8]) {
+        fill_meta(s, primary, &meta(tags), body).await;
+    }
+
+    async fn fill_meta(
+        s: &'static MokaStore,
+        primary: &str,
+        meta: &CacheMeta,
+        body: &'static [u8],
+    ) {
         let key = CacheKey::new(primary, "");
         let span = pingora::cache::trace::Span::inactive().handle();
-        let mut h = s.get_miss_handler(&key, &meta(tags), &span).await.unwrap();
+        let mut h = s.get_miss_handler(&key, meta, &span).await.unwrap();
         h.write_body(Bytes::from_static(body), true).await.unwrap();
         h.finish().await.unwrap();
+    }
+
+    /// Served as is from [`MokaStore::fresh`], or `None`.
+    fn fresh(s: &'static MokaStore, primary: &str) -> Option<Arc<Object>> {
+        let slot = CacheKey::new(primary, "").combined_bin();
+        s.fresh(url_of(primary.as_bytes()), &slot, SystemTime::now())
+    }
+
+    #[tokio::test]
+    async fn only_plain_fresh_objects_skip_pingora_cache() {
+        let s = store();
+        let now = SystemTime::now();
+        let with = |status: u16, fresh_for: i64, headers: &[(&str, &str)]| {
+            let mut h = ResponseHeader::build(status, None).unwrap();
+            for (n, v) in headers {
+                h.append_header(n.to_string(), *v).unwrap();
+            }
+            let until = if fresh_for >= 0 {
+                now + Duration::from_secs(fresh_for as u64)
+            } else {
+                now - Duration::from_secs(fresh_for.unsigned_abs())
+            };
+            CacheMeta::new(until, now - Duration::from_secs(5), 0, 0, h)
+        };
+        let cl = ("content-length", "4");
+        fill_meta(s, "h\n/plain\0", &with(200, 60, &[cl]), b"body").await;
+        fill_meta(s, "h\n/404\0", &with(404, 60, &[cl]), b"gone").await;
+        fill_meta(s, "h\n/stale\0", &with(200, -1, &[cl]), b"body").await;
+        fill_meta(
+            s,
+            "h\n/vary\0",
+            &with(200, 60, &[cl, ("vary", "accept")]),
+            b"body",
+        )
+        .await;
+        fill_meta(s, "h\n/nolen\0", &with(200, 60, &[]), b"body").await;
+        fill_meta(
+            s,
+            "h\n/badlen\0",
+            &with(200, 60, &[("content-length", "3")]),
+            b"body",
+        )
+        .await;
+        fill_meta(s, "h\n/twolen\0", &with(200, 60, &[cl, cl]), b"body").await;
+        fill_meta(s, "h\n/purged\0", &with(200, 60, &[cl]), b"body").await;
+        s.purge_url(b"h\n/purged", true);
+
+        let hit = fresh(s, "h\n/plain\0").expect("a plain fresh object");
+        assert_eq!(hit.body().as_ref(), b"body");
+        assert_eq!(hit.header().status, 200);
+        assert!(
+            (5..=6).contains(&hit.age(SystemTime::now())),
+            "age counts from storing"
+        );
+        assert!(hit.fresh_until() > now);
+        assert!(fresh(s, "h\n/404\0").is_some(), "any status with a body");
+        for not_plain in [
+            "stale", "vary", "nolen", "badlen", "twolen", "purged", "missing",
+        ] {
+            let primary = format!("h\n/{not_plain}\0");
+            assert!(
+                fresh(s, &primary).is_none(),
+                "{not_plain} goes through pingora-cache"
+            );
+        }
+        // Every one of them is still there for pingora-cache.
+        let before = s.counters().lookups.load(Ordering::Relaxed);
+        assert!(body(s, "h\n/vary\0").await.is_some());
+        assert_eq!(s.counters().lookups.load(Ordering::Relaxed), before + 1);
     }
 
     async fn body(s: &'static MokaStore, primary: &str) -> Option<Bytes> {

@@ -37,10 +37,9 @@ fn raw_has_content_length(raw: &[u8]) -> bool {
 /// routes match on the raw path while origins normalise it, so
 /// `/public/../admin` could slip past a route boundary.
 fn has_dot_segments(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        let s = seg.to_ascii_lowercase();
-        matches!(s.as_str(), "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e.")
-    })
+    const DOTS: [&str; 6] = [".", "..", "%2e", "%2e%2e", ".%2e", "%2e."];
+    path.split('/')
+        .any(|seg| DOTS.iter().any(|d| seg.eq_ignore_ascii_case(d)))
 }
 
 /// Framing, host and path checks, then the route match.

@@ -5,8 +5,9 @@
 //! phases, in Pingora's order:
 //!
 //! 1. `request_filter`: framing checks (request smuggling), route match,
-//!    header and body limits, request id. Anything refused here is answered
-//!    by `respond` and never reaches an upstream.
+//!    header and body limits, request id, then the route's request filters
+//!    and, on caching routes, plain fresh hits ([`fresh`]). Anything refused
+//!    here is answered by `respond` and never reaches an upstream.
 //! 2. `upstream_peer`: pick a backend not tried yet; `fail_to_connect`
 //!    ejects it passively and fails over; `error_while_proxy` retries
 //!    idempotent requests on another backend.
@@ -16,6 +17,7 @@
 //! 5. `logging`: metrics and the access log.
 
 pub mod errors;
+mod fresh;
 mod headers;
 mod transform;
 
@@ -53,6 +55,9 @@ pub struct RequestCtx {
     authority: String,
     /// Set on routes with caching on.
     cache: Option<Box<CacheCtx>>,
+    /// The primary cache key, when the fresh-hit fast path computed it and
+    /// found nothing it could serve (pingora-cache reuses it).
+    cache_primary: Option<Vec<u8>>,
 }
 
 impl RequestCtx {
@@ -139,6 +144,56 @@ impl EdgeProxy {
                 .inc_by(n);
         }
     }
+
+    /// Runs a route's request filters (before the cache lookup, so they
+    /// guard cached content too). `Ok(true)`: the exchange was answered.
+    async fn run_request_filters(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        chain: &crate::filter_host::FilterChain,
+    ) -> Result<bool> {
+        ctx.authority =
+            policies::route::normalize_host(request_host(session.req_header())).into_owned();
+        let mut facts = RequestFacts {
+            client_ip: client_ip(session)
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
+            tls_sni: session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_ref())
+                .and_then(|t| t.extension.get::<crate::tls::ClientSni>())
+                .map(|s| s.0.clone()),
+            route: ctx.route().map(|r| r.name.clone()).unwrap_or_default(),
+            pop: ctx.generation.config.pop_name.clone(),
+            request_id: ctx.request_id.clone(),
+            principal: None,
+            labels: Vec::new(),
+            cache_key: Vec::new(),
+        };
+        let outcome = if chain.has_request_phase() {
+            apply::run_request_phase(
+                chain,
+                &mut facts,
+                session.req_header_mut(),
+                &ctx.authority,
+                &self.shared.metrics,
+            )
+            .await
+        } else {
+            Ok(RequestPhase::Continue)
+        };
+        ctx.facts = Some(facts);
+        match outcome {
+            Ok(RequestPhase::Continue) => Ok(false),
+            Ok(RequestPhase::Respond(answer)) => {
+                let id_header = &ctx.generation.hot.request_id_header;
+                respond_filter(session, answer, &ctx.request_id, id_header).await?;
+                Ok(true)
+            }
+            Err(_) => self.refuse(session, ctx, Refusal::FilterFailed).await,
+        }
+    }
 }
 
 /// Writes a response a filter answered with.
@@ -195,6 +250,44 @@ pub(crate) async fn respond(
     Ok(())
 }
 
+/// The headers edgegate adds to every response it sends downstream, from
+/// the origin or the cache: `Via`, the request id, and on caching routes
+/// `Cache-Status` (tag headers, meant for purging, stay private).
+fn downstream_headers(
+    version: http::Version,
+    resp: &mut ResponseHeader,
+    ctx: &RequestCtx,
+    cache_status: Option<String>,
+) -> Result<()> {
+    let hot = &ctx.generation.hot;
+    let hop = if version == http::Version::HTTP_2 {
+        &hot.via_h2
+    } else {
+        &hot.via_h1
+    };
+    let via = headers::via_appended(&resp.headers, hop);
+    resp.insert_header(http::header::VIA, via)?;
+    resp.insert_header(hot.request_id_header.clone(), ctx.request_id.as_str())?;
+    if let Some(status) = cache_status {
+        resp.insert_header("cache-status", status)?;
+        for h in edge_cache::storage::TAG_HEADERS {
+            resp.remove_header(h);
+        }
+    }
+    Ok(())
+}
+
+/// The primary cache key of a request on a route caching by `policy`
+/// (the URL as the route keys it, scheme, key headers and cookies, and the
+/// parts request filters added).
+fn cache_primary(session: &Session, ctx: &RequestCtx, policy: &policies::CachePolicy) -> Vec<u8> {
+    let req = session.req_header();
+    let host = policies::route::normalize_host(request_host(req));
+    let url = edge_cache::key::url_identity(&host, req.uri.path(), req.uri.query(), policy.query);
+    let parts = ctx.facts.as_ref().map_or(&[][..], |f| &f.cache_key[..]);
+    edge_cache::key::primary(&url, is_tls(session), req, policy, parts)
+}
+
 /// The host a request is for (from the URI or `Host`), without normalising.
 fn request_host(req: &RequestHeader) -> &str {
     req.uri
@@ -237,6 +330,7 @@ impl ProxyHttp for EdgeProxy {
             facts: None,
             authority: String::new(),
             cache: None,
+            cache_primary: None,
         }
     }
 
@@ -262,51 +356,16 @@ impl ProxyHttp for EdgeProxy {
         let Some(route_id) = ctx.route else {
             return Ok(false);
         };
-        let Some(chain) = generation.route_filters.get(route_id) else {
-            return Ok(false);
-        };
-        if chain.filters.is_empty() {
-            return Ok(false);
-        }
-        ctx.authority =
-            policies::route::normalize_host(request_host(session.req_header())).into_owned();
-        let mut facts = RequestFacts {
-            client_ip: client_ip(session)
-                .map(|ip| ip.to_string())
-                .unwrap_or_default(),
-            tls_sni: session
-                .digest()
-                .and_then(|d| d.ssl_digest.as_ref())
-                .and_then(|t| t.extension.get::<crate::tls::ClientSni>())
-                .map(|s| s.0.clone()),
-            route: ctx.route().map(|r| r.name.clone()).unwrap_or_default(),
-            pop: generation.config.pop_name.clone(),
-            request_id: ctx.request_id.clone(),
-            principal: None,
-            labels: Vec::new(),
-            cache_key: Vec::new(),
-        };
-        let outcome = if chain.has_request_phase() {
-            apply::run_request_phase(
-                chain,
-                &mut facts,
-                session.req_header_mut(),
-                &ctx.authority,
-                &self.shared.metrics,
-            )
-            .await
-        } else {
-            Ok(RequestPhase::Continue)
-        };
-        ctx.facts = Some(facts);
-        match outcome {
-            Ok(RequestPhase::Continue) => Ok(false),
-            Ok(RequestPhase::Respond(answer)) => {
-                respond_filter(session, answer, &ctx.request_id, &id_header).await?;
-                Ok(true)
+        let chain = generation
+            .route_filters
+            .get(route_id)
+            .filter(|c| !c.filters.is_empty());
+        if let Some(chain) = chain {
+            if self.run_request_filters(session, ctx, chain).await? {
+                return Ok(true);
             }
-            Err(_) => self.refuse(session, ctx, Refusal::FilterFailed).await,
         }
+        self.serve_fresh(session, ctx).await
     }
 
     async fn request_body_filter(
@@ -472,32 +531,20 @@ impl ProxyHttp for EdgeProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        let hot = &ctx.generation.hot;
-        let hop = if session.req_header().version == http::Version::HTTP_2 {
-            &hot.via_h2
-        } else {
-            &hot.via_h1
-        };
-        let via = headers::via_appended(&resp.headers, hop);
-        resp.insert_header(http::header::VIA, via)?;
-        resp.insert_header(hot.request_id_header.clone(), ctx.request_id.as_str())?;
-        if let Some(cx) = ctx.cache.as_deref() {
+        let cache_status = ctx.cache.as_deref().map(|cx| {
             let cache = &session.cache;
             let fresh_until = cache.maybe_cache_meta().map(CacheMeta::fresh_until);
             let waited = cache.enabled() && cache.lock_duration().is_some();
-            let out = edge_cache::outcome(
+            edge_cache::outcome(
                 &ctx.generation.config.pop_name,
                 cache.phase(),
                 cx,
                 fresh_until,
                 waited,
-            );
-            resp.insert_header("cache-status", out.status)?;
-            for h in edge_cache::storage::TAG_HEADERS {
-                resp.remove_header(h);
-            }
-        }
-        Ok(())
+            )
+            .status
+        });
+        downstream_headers(session.req_header().version, resp, ctx, cache_status)
     }
 
     async fn upstream_response_filter(
@@ -566,14 +613,7 @@ impl ProxyHttp for EdgeProxy {
             ctx.cache = Some(cx);
             return Ok(());
         }
-        if policy.honor_client_no_cache {
-            use pingora::cache::cache_control::CacheControl;
-            cx.client_no_cache = CacheControl::from_req_headers(req).is_some_and(|c| c.no_cache())
-                || req
-                    .headers
-                    .get(http::header::PRAGMA)
-                    .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"no-cache"));
-        }
+        cx.client_no_cache = policy.honor_client_no_cache && fresh::client_no_cache(req);
         let lock_timeout = policy.lock_timeout;
         ctx.cache = Some(cx);
         let cache = &self.shared.cache;
@@ -591,20 +631,15 @@ impl ProxyHttp for EdgeProxy {
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut Self::CTX) -> Result<CacheKey> {
         let generation = Arc::clone(&ctx.generation);
-        let route = ctx
+        let policy = ctx
             .route
             .and_then(|id| generation.config.routes.get(id))
-            .ok_or_else(|| Error::explain(InternalError, "no route for a cached request"))?;
-        let policy = route
-            .cache
-            .as_ref()
-            .ok_or_else(|| Error::explain(InternalError, "route has no cache policy"))?;
-        let req = session.req_header();
-        let host = policies::route::normalize_host(request_host(req));
-        let url =
-            edge_cache::key::url_identity(&host, req.uri.path(), req.uri.query(), policy.query);
-        let parts = ctx.facts.as_ref().map_or(&[][..], |f| &f.cache_key[..]);
-        let primary = edge_cache::key::primary(&url, is_tls(session), req, policy, parts);
+            .and_then(|r| r.cache.as_ref())
+            .ok_or_else(|| Error::explain(InternalError, "no cache policy for a cached request"))?;
+        let primary = match ctx.cache_primary.take() {
+            Some(p) => p,
+            None => cache_primary(session, ctx, policy),
+        };
         if generation.config.cache.debug {
             if let Some(cx) = ctx.cache.as_deref_mut() {
                 cx.key = Some(edge_cache::key::printable(&primary));
@@ -729,7 +764,12 @@ impl ProxyHttp for EdgeProxy {
         if let (Some(cx), Some(m)) = (ctx.cache.as_deref(), route_metrics) {
             let cache = &session.cache;
             let waited = cache.enabled() && cache.lock_duration().is_some();
-            m.cache[edge_cache::classify(cache.phase(), cx, waited).index()].inc();
+            let phase = if cx.fresh_hit {
+                pingora::cache::CachePhase::Hit
+            } else {
+                cache.phase()
+            };
+            m.cache[edge_cache::classify(phase, cx, waited).index()].inc();
             if waited {
                 m.coalesced.inc();
             }

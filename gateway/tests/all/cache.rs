@@ -292,6 +292,100 @@ async fn fresh_responses_are_served_from_cache_with_age_and_cache_status() {
     assert_eq!(status["cache"]["routes"][0], "all");
 }
 
+/// Plain fresh hits are answered before pingora-cache runs
+/// (`proxy::fresh`). They must be the response pingora-cache gives for the
+/// same hit, and every other kind of request must still reach it.
+#[tokio::test]
+async fn plain_fresh_hits_skip_pingora_cache_and_answer_as_it_would() {
+    let origin = Scripted::start().await;
+    origin.set(
+        "/p",
+        Reply::ok("max-age=60", "plain")
+            .header("etag", "\"v1\"")
+            .header("surrogate-key", "t1")
+            .header("x-origin", "kept")
+            .header("age", "3"),
+    );
+    origin.set(
+        "/v",
+        Reply::ok("max-age=60", "varied").header("vary", "accept-language"),
+    );
+    let gw = gateway(&origin, CACHE, "").await;
+    let lookups = || {
+        gw.shared
+            .cache
+            .store
+            .counters()
+            .lookups
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    get(&gw, "/p").await;
+    let before = lookups();
+    let fast = get(&gw, "/p").await;
+    assert_eq!(
+        lookups(),
+        before,
+        "a plain fresh hit never reaches pingora-cache"
+    );
+    // A validator that does not match: pingora-cache serves the same hit in full.
+    let slow = get_with(&gw, "/p", &[("if-none-match", "\"other\"")]).await;
+    assert_eq!(lookups(), before + 1);
+    assert_eq!((fast.status, fast.body.as_str()), (200, "plain"));
+    assert_eq!((slow.status, slow.body.as_str()), (200, "plain"));
+    let same_in_both = |g: &Got| {
+        let mut v: Vec<(String, String)> = g
+            .headers
+            .iter()
+            .filter(|(n, _)| !matches!(n.as_str(), "age" | "x-request-id" | "cache-status"))
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(same_in_both(&fast), same_in_both(&slow));
+    assert_eq!(fast.header("x-origin"), Some("kept"));
+    assert_eq!(
+        fast.header("surrogate-key"),
+        None,
+        "purge tags stay private"
+    );
+    assert_eq!(fast.header("content-length"), Some("5"));
+    for got in [&fast, &slow] {
+        let age: u64 = got.header("age").unwrap().parse().unwrap();
+        assert!(
+            (3..=5).contains(&age),
+            "Age replaces the stored one and counts it: {age}"
+        );
+        assert!(
+            got.cache_status().starts_with("test-pop; hit; ttl=5"),
+            "{}",
+            got.cache_status()
+        );
+    }
+    let head = send(&gw, reqwest::Method::HEAD, "/p", &[]).await;
+    assert_eq!((head.status, head.body.as_str()), (200, ""));
+    assert_eq!(head.header("content-length"), Some("5"));
+    assert_eq!(lookups(), before + 1, "HEAD from the stored GET, fast too");
+    let range = get_with(&gw, "/p", &[("range", "bytes=0-1")]).await;
+    assert_eq!((range.status, range.body.as_str()), (206, "pl"));
+    assert_eq!(lookups(), before + 2, "ranges go through pingora-cache");
+    get(&gw, "/v").await;
+    let varied = get(&gw, "/v").await;
+    assert!(
+        varied.cache_status().contains("hit"),
+        "{}",
+        varied.cache_status()
+    );
+    assert!(lookups() >= before + 4, "Vary goes through pingora-cache");
+    assert_eq!(origin.hits("/p"), 1);
+    assert_eq!(origin.hits("/v"), 1);
+    let m = gw.metrics().await;
+    assert!(
+        m.contains(r#"edgegate_cache_requests_total{result="hit",route="all"} 5"#),
+        "fast hits are counted as hits: {m}"
+    );
+}
+
 #[tokio::test]
 async fn age_from_the_origin_shortens_freshness_and_counts_in_age() {
     let origin = Scripted::start().await;

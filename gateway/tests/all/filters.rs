@@ -703,9 +703,7 @@ config = {{ key_set = "idp", algorithms = ["ES256"], leeway_seconds = 0 }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_auth_ratelimit_example_runs_as_shipped() {
     let o = Origin::start("o").await;
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap();
+    let repo = repo();
     let example =
         std::fs::read_to_string(repo.join("policies/examples/auth-ratelimit.toml")).unwrap();
     // Only the addresses change: free ports instead of the documented ones.

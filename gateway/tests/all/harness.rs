@@ -399,14 +399,24 @@ upstream = "app"
     )
 }
 
+/// The repository root. Read from the environment `cargo test` runs the
+/// binary with rather than baked in at compile time: a test binary reused
+/// from a shared target dir may have been compiled in another checkout.
+pub fn repo() -> PathBuf {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest
+        .parent()
+        .expect("the gateway crate lives inside the repository")
+        .to_path_buf()
+}
+
 /// Builds the guest components (`filters/`, for wasm32-wasip2) once per test
 /// run and returns the directory holding the `.wasm` files.
 pub fn guest_dir() -> &'static std::path::Path {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap();
+        let repo = repo();
         let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../wasm-guests");
         // Run from `filters/` so its `.cargo/config.toml` applies; name the
         // target too, in case a parent config overrides it.

@@ -1,0 +1,126 @@
+//! Fresh cache hits answered in `request_filter`, before pingora-cache runs.
+//!
+//! On a hit pingora-cache walks its whole state machine: cache-key callback,
+//! predictor, lookup (which rebuilds a `CacheMeta`, cloning the stored
+//! header), freshness and hit filters, then a second header copy for `Age`,
+//! range and conditional handling. A profile of the hit path put that at
+//! ~12% of the CPU of a 1 KiB hit, the difference between edgegate and a
+//! bare Pingora responder.
+//!
+//! Most hits at an edge are the simplest kind: a fresh object, a plain
+//! `GET`/`HEAD` with no conditional or range header, a response that does
+//! not vary. Those are answered here straight from the store with one header
+//! clone. Every other case — stale objects (stale-while-revalidate,
+//! stale-if-error), soft-purged ones, `Vary`, ranges, `If-None-Match` /
+//! `If-Modified-Since` (which may earn a `304`), a client `no-cache` the
+//! route honours, a request body — falls through to pingora-cache
+//! unchanged, so RFC 9111 semantics have one implementation. The response
+//! is what pingora-cache sends for the same hit: the stored header with
+//! `Age` (replacing any stored one), as HTTP/1.1, `Accept-Ranges: bytes` on
+//! a `200`, plus edgegate's downstream headers and
+//! `Cache-Status: <pop>; hit; ttl=N`. An integration test compares the two
+//! paths header by header.
+
+use super::{cache_primary, downstream_headers, EdgeProxy, RequestCtx};
+use crate::cache::{self as edge_cache, CacheCtx};
+use pingora::cache::CachePhase;
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Request headers that make a hit more than "send the stored response".
+const NOT_PLAIN: [http::header::HeaderName; 6] = [
+    http::header::RANGE,
+    http::header::IF_RANGE,
+    http::header::IF_NONE_MATCH,
+    http::header::IF_MODIFIED_SINCE,
+    http::header::IF_MATCH,
+    http::header::IF_UNMODIFIED_SINCE,
+];
+
+/// The client asked for revalidation (`Cache-Control: no-cache`, or
+/// `Pragma: no-cache` from HTTP/1.0 clients).
+pub fn client_no_cache(req: &RequestHeader) -> bool {
+    use pingora::cache::cache_control::CacheControl;
+    CacheControl::from_req_headers(req).is_some_and(|c| c.no_cache())
+        || req
+            .headers
+            .get(http::header::PRAGMA)
+            .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"no-cache"))
+}
+
+/// Whether the request is one the fast path may answer, given the policy.
+fn plain_request(req: &RequestHeader, policy: &policies::CachePolicy) -> bool {
+    matches!(req.method, http::Method::GET | http::Method::HEAD)
+        && !NOT_PLAIN.iter().any(|h| req.headers.contains_key(h))
+        && !(policy.honor_client_no_cache && client_no_cache(req))
+}
+
+impl EdgeProxy {
+    /// Answers the request from the store when it is a plain fresh hit
+    /// (module docs). `Ok(false)`: not answered; pingora-cache (or the
+    /// origin) takes it from here.
+    pub(super) async fn serve_fresh(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        let generation = Arc::clone(&ctx.generation);
+        let Some(policy) = ctx
+            .route
+            .and_then(|id| generation.config.routes.get(id))
+            .and_then(|r| r.cache.as_ref())
+        else {
+            return Ok(false);
+        };
+        if !plain_request(session.req_header(), policy) || !session.is_body_empty() {
+            return Ok(false);
+        }
+        let primary = cache_primary(session, ctx, policy);
+        let cache = &self.shared.cache;
+        let now = SystemTime::now();
+        let url = edge_cache::storage::url_of(&primary);
+        let Some(object) = cache.store.fresh(url, &cache.primary_hash(&primary), now) else {
+            ctx.cache_primary = Some(primary);
+            return Ok(false);
+        };
+
+        let mut cx = Box::new(CacheCtx {
+            fresh_hit: true,
+            ..CacheCtx::default()
+        });
+        if generation.config.cache.debug {
+            cx.key = Some(edge_cache::key::printable(&primary));
+        }
+        let status = edge_cache::outcome(
+            &generation.config.pop_name,
+            CachePhase::Hit,
+            &cx,
+            Some(object.fresh_until()),
+            false,
+        )
+        .status;
+        ctx.cache = Some(cx);
+
+        let mut header = Box::new(object.header().clone());
+        header.insert_header(http::header::AGE, object.age(now))?;
+        header.set_version(http::Version::HTTP_11);
+        if header.status == http::StatusCode::OK {
+            // pingora-cache's range filter advertises ranges on every whole
+            // 200 it could have served a range of (as nginx does).
+            header.insert_header(http::header::ACCEPT_RANGES, "bytes")?;
+        }
+        let req = session.req_header();
+        downstream_headers(req.version, &mut header, ctx, Some(status))?;
+        let head = req.method == http::Method::HEAD;
+        session.write_response_header(header, head).await?;
+        if !head {
+            session
+                .write_response_body(Some(object.body().clone()), true)
+                .await?;
+        }
+        Ok(true)
+    }
+}
