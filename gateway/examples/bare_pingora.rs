@@ -7,6 +7,10 @@
 //! With `static:N` as the origin it proxies nothing: every request is
 //! answered from `request_filter` with an N-byte body, the floor of any
 //! Pingora-based responder (e.g. a cache hit) for the cache load test.
+//!
+//! A third argument `timeouts` gives the upstream peer the connect, read and
+//! write timeouts edgegate sets on every route (a production proxy cannot
+//! run without them), to measure what they cost Pingora.
 
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -16,7 +20,7 @@ use pingora::upstreams::peer::HttpPeer;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-struct Bare(String, Option<bytes::Bytes>);
+struct Bare(String, Option<bytes::Bytes>, bool);
 
 #[async_trait]
 impl ProxyHttp for Bare {
@@ -37,11 +41,15 @@ impl ProxyHttp for Bare {
         Ok(true)
     }
     async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(
-            self.0.as_str(),
-            false,
-            String::new(),
-        )))
+        let mut peer = HttpPeer::new(self.0.as_str(), false, String::new());
+        if self.2 {
+            let t = std::time::Duration::from_secs(30);
+            peer.options.connection_timeout = Some(std::time::Duration::from_secs(2));
+            peer.options.total_connection_timeout = Some(std::time::Duration::from_secs(2));
+            peer.options.read_timeout = Some(t);
+            peer.options.write_timeout = Some(t);
+        }
+        Ok(Box::new(peer))
     }
 }
 
@@ -50,7 +58,7 @@ fn main() {
     let (listen, origin) = match (args.get(1), args.get(2)) {
         (Some(l), Some(o)) => (l.clone(), o.clone()),
         _ => {
-            eprintln!("usage: bare_pingora LISTEN ORIGIN");
+            eprintln!("usage: bare_pingora LISTEN ORIGIN [timeouts]");
             std::process::exit(2);
         }
     };
@@ -62,10 +70,12 @@ fn main() {
         ..Default::default()
     };
     let mut server = pingora::server::Server::new_with_opt_and_conf(None, conf);
+    let timeouts = args.get(3).is_some_and(|a| a == "timeouts");
     let body = origin
         .strip_prefix("static:")
         .map(|n| bytes::Bytes::from(vec![b'x'; n.parse().unwrap_or(1024)]));
-    let mut svc = pingora::proxy::http_proxy_service(&server.configuration, Bare(origin, body));
+    let mut svc =
+        pingora::proxy::http_proxy_service(&server.configuration, Bare(origin, body, timeouts));
     svc.add_tcp(&listen);
     server.add_service(svc);
     server.bootstrap();

@@ -12,6 +12,10 @@ use edgegate::metrics::Metrics;
 use pingora::http::RequestHeader;
 use std::time::Instant;
 
+// The allocator the `edgegate` binary runs with, so the numbers are its.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SECRET: &str = "edgegate-bench-secret-0123456789";
 
 fn b64(b: &[u8]) -> String {

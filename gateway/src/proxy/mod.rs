@@ -250,6 +250,9 @@ pub(crate) async fn respond(
     Ok(())
 }
 
+/// RFC 9211's header (a constant: no name parsing per response).
+const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
+
 /// The headers edgegate adds to every response it sends downstream, from
 /// the origin or the cache: `Via`, the request id, and on caching routes
 /// `Cache-Status` (tag headers, meant for purging, stay private).
@@ -269,7 +272,7 @@ fn downstream_headers(
     resp.insert_header(http::header::VIA, via)?;
     resp.insert_header(hot.request_id_header.clone(), ctx.request_id.as_str())?;
     if let Some(status) = cache_status {
-        resp.insert_header("cache-status", status)?;
+        resp.insert_header(CACHE_STATUS, status)?;
         for h in edge_cache::storage::TAG_HEADERS {
             resp.remove_header(h);
         }
