@@ -215,12 +215,13 @@ pub async fn run_request_phase(
 ) -> Result<RequestPhase, FilterFailure> {
     // Shared with each call; rebuilt only when a filter changes it.
     let mut shared_facts = Arc::new(facts.clone());
+    // Likewise the request as guests see it: rebuilt after an edit only.
+    let mut head = request_head(req, authority);
     for filter in chain
         .filters
         .iter()
         .filter(|f| f.phases.contains(Phases::REQUEST_HEAD))
     {
-        let head = request_head(req, authority);
         let result = filter
             .on_request(Arc::clone(&shared_facts), &head, metrics)
             .await;
@@ -239,6 +240,7 @@ pub async fn run_request_phase(
                 if changes_facts {
                     shared_facts = Arc::new(facts.clone());
                 }
+                head = request_head(req, authority);
                 applied
             }
             wit::RequestDecision::Respond(r) => {

@@ -176,6 +176,58 @@ upstream = "app"
     );
 }
 
+/// Each filter sees the request as the filters before it left it: the host
+/// rebuilds the guests' view after an edit (and only then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_filter_sees_an_earlier_filters_request_edits() {
+    let o = Origin::start("o").await;
+    let gw = Gateway::start(&filter_config(
+        o.addr,
+        &format!(
+            r#"
+[[routes]]
+name = "keyed"
+path_prefix = "/keyed"
+upstream = "app"
+[[routes.filters]]
+module = "noop"
+[[routes.filters]]
+module = "headers"
+config.request.set = {{ "x-api-key" = "secret" }}
+[[routes.filters]]
+module = "noop"
+name = "noop-again"
+[[routes.filters]]
+module = "api-key"
+config.keys = [{{ sha256 = "{KEY_A_SHA256}", label = "team-a" }}]
+
+[[routes]]
+name = "bare"
+path_prefix = "/bare"
+upstream = "app"
+[[routes.filters]]
+module = "api-key"
+config.keys = [{{ sha256 = "{KEY_A_SHA256}", label = "team-a" }}]
+"#
+        ),
+    ))
+    .await;
+    let r = client().get(gw.url("/bare/x")).send().await.unwrap();
+    assert_eq!(r.status(), 401, "no key, no entry");
+    let r = client()
+        .get(gw.url("/keyed/x"))
+        .header("x-api-key", "wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "api-key checked the key the headers filter set, after a no-op in between"
+    );
+    assert_eq!(o.hits(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_by_ip_trusts_forwarded_for_only_from_trusted_proxies() {
     let o = Origin::start("o").await;
