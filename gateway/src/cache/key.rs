@@ -111,7 +111,16 @@ pub fn vary_names(meta_headers: &http::HeaderMap) -> Option<Vec<String>> {
 /// The variance of `req` against a stored response's `Vary`, leaving out
 /// the headers in `ignore`.
 pub fn variance(meta: &CacheMeta, req: &RequestHeader, ignore: &[String]) -> Option<HashBinary> {
-    let names = vary_names(meta.headers())?;
+    variance_of(meta.headers(), req, ignore)
+}
+
+/// [`variance`] from the stored response's headers.
+pub fn variance_of(
+    stored: &http::HeaderMap,
+    req: &RequestHeader,
+    ignore: &[String],
+) -> Option<HashBinary> {
+    let names = vary_names(stored)?;
     let mut builder = VarianceBuilder::new();
     for name in names.iter().filter(|n| !ignore.contains(n)) {
         let mut value = Vec::new();

@@ -13,10 +13,11 @@
 //! - this module: the process-wide store, lock and predictor, the per-request
 //!   state behind `Cache-Status` (RFC 9211), and purges.
 //!
-//! Plain fresh hits (a fresh object without `Vary`, a `GET`/`HEAD` without
-//! range or conditional headers) never enter pingora-cache: `proxy::fresh`
-//! answers them straight from [`storage::MokaStore::fresh`] in
-//! `request_filter`, which cuts the hit path's CPU by ~10%. Everything else
+//! Plain fresh hits (a fresh object that does not vary or is the request's
+//! variant in the primary slot, a `GET`/`HEAD` without range or conditional
+//! headers) never enter pingora-cache: `proxy::fresh` answers them straight
+//! from [`storage::MokaStore::fresh`] in `request_filter`, which cuts the
+//! hit path's CPU by ~10%. Everything else
 //! takes pingora-cache's path, so its semantics stay in one place.
 //!
 //! The store outlives config generations (a reload keeps the cache warm) and

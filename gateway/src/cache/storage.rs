@@ -121,8 +121,8 @@ pub struct Object {
     /// Soft purge: unix seconds it went out of service, 0 while in service.
     expired_at: AtomicU64,
     /// Servable as a fresh hit without pingora-cache's machinery
-    /// ([`MokaStore::fresh`]): no `Vary`, and a `Content-Length` that is the
-    /// stored body's, on a status that has a body.
+    /// ([`MokaStore::fresh`]): a `Content-Length` that is the stored body's,
+    /// on a status that has a body.
     plain: bool,
 }
 
@@ -138,9 +138,7 @@ impl Object {
             .collect();
         let h = &meta.header;
         let status = h.status.as_u16();
-        let plain = meta.variance.is_none()
-            && !h.headers.contains_key(http::header::VARY)
-            && !h.headers.contains_key(http::header::TRANSFER_ENCODING)
+        let plain = !h.headers.contains_key(http::header::TRANSFER_ENCODING)
             && status >= 200
             && !matches!(status, 204 | 304)
             && h.headers
@@ -170,6 +168,12 @@ impl Object {
     /// The stored body.
     pub fn body(&self) -> &Bytes {
         &self.body
+    }
+
+    /// The `Vary` variant it was stored as (`None` when the response does
+    /// not vary, or only on headers the route leaves out).
+    pub fn variance(&self) -> Option<HashBinary> {
+        self.meta.variance
     }
 
     /// When it stops being fresh.
@@ -341,7 +345,9 @@ impl MokaStore {
     /// The object stored for `url` at `slot` when it can be served as is:
     /// fresh at `now` (pingora's rule, `fresh_until >= now`), never purged,
     /// and plain (see [`Object`]). Anything else — stale, soft-purged,
-    /// varying, missing — is `None`, and pingora-cache decides.
+    /// missing — is `None`, and pingora-cache decides. Whether a varying
+    /// object is the request's variant is the caller's to check
+    /// ([`Object::variance`]).
     pub fn fresh(&self, url: &[u8], slot: &HashBinary, now: SystemTime) -> Option<Arc<Object>> {
         let fam = self.map.load().get(url)?;
         let object = fam.get(slot)?;
@@ -719,7 +725,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_plain_fresh_objects_skip_pingora_cache() {
+    async fn only_plain_fresh_objects_are_offered_to_the_fast_path() {
         let s = store();
         let now = SystemTime::now();
         let with = |status: u16, fresh_for: i64, headers: &[(&str, &str)]| {
@@ -738,13 +744,9 @@ mod tests {
         fill_meta(s, "h\n/plain\0", &with(200, 60, &[cl]), b"body").await;
         fill_meta(s, "h\n/404\0", &with(404, 60, &[cl]), b"gone").await;
         fill_meta(s, "h\n/stale\0", &with(200, -1, &[cl]), b"body").await;
-        fill_meta(
-            s,
-            "h\n/vary\0",
-            &with(200, 60, &[cl, ("vary", "accept")]),
-            b"body",
-        )
-        .await;
+        let mut varied = with(200, 60, &[cl, ("vary", "accept")]);
+        varied.set_variance_key([7; 16]);
+        fill_meta(s, "h\n/vary\0", &varied, b"body").await;
         fill_meta(s, "h\n/nolen\0", &with(200, 60, &[]), b"body").await;
         fill_meta(
             s,
@@ -766,9 +768,10 @@ mod tests {
         );
         assert!(hit.fresh_until() > now);
         assert!(fresh(s, "h\n/404\0").is_some(), "any status with a body");
-        for not_plain in [
-            "stale", "vary", "nolen", "badlen", "twolen", "purged", "missing",
-        ] {
+        let v = fresh(s, "h\n/vary\0").expect("a varying object, for the caller to match");
+        assert_eq!(v.variance(), Some([7; 16]));
+        assert_eq!(hit.variance(), None);
+        for not_plain in ["stale", "nolen", "badlen", "twolen", "purged", "missing"] {
             let primary = format!("h\n/{not_plain}\0");
             assert!(
                 fresh(s, &primary).is_none(),

@@ -8,10 +8,12 @@
 //! bare Pingora responder.
 //!
 //! Most hits at an edge are the simplest kind: a fresh object, a plain
-//! `GET`/`HEAD` with no conditional or range header, a response that does
-//! not vary. Those are answered here straight from the store with one header
-//! clone. Every other case — stale objects (stale-while-revalidate,
-//! stale-if-error), soft-purged ones, `Vary`, ranges, `If-None-Match` /
+//! `GET`/`HEAD` with no conditional or range header, and either a response
+//! that does not vary or the variant stored first (the primary slot, whose
+//! `Vary` match is checked here exactly as pingora-cache checks it). Those
+//! are answered here straight from the store with one header clone. Every
+//! other case — stale objects (stale-while-revalidate, stale-if-error),
+//! soft-purged ones, other variants, ranges, `If-None-Match` /
 //! `If-Modified-Since` (which may earn a `304`), a client `no-cache` the
 //! route honours, a request body — falls through to pingora-cache
 //! unchanged, so RFC 9111 semantics have one implementation. The response
@@ -58,6 +60,29 @@ fn plain_request(req: &RequestHeader, policy: &policies::CachePolicy) -> bool {
         && !(policy.honor_client_no_cache && client_no_cache(req))
 }
 
+/// Whether the object in the primary slot is the variant this request asks
+/// for: pingora-cache's rule (`cache_vary_filter`, then
+/// `cache_vary_lookup`), so `Vary: Accept-Encoding` objects — most of an
+/// edge's — take the fast path for the variant stored first. Any other
+/// variant lives in a secondary slot, which pingora-cache finds.
+fn is_this_variant(
+    object: &edge_cache::storage::Object,
+    req: &RequestHeader,
+    policy: &policies::CachePolicy,
+) -> bool {
+    let stored = &object.header().headers;
+    if !stored.contains_key(http::header::VARY) {
+        return object.variance().is_none();
+    }
+    if edge_cache::key::vary_names(stored).is_none() {
+        return false; // `Vary: *` is never stored; never serve it blind either
+    }
+    match edge_cache::key::variance_of(stored, req, &policy.vary_ignore) {
+        None => true,
+        wanted => wanted == object.variance(),
+    }
+}
+
 impl EdgeProxy {
     /// Answers the request from the store when it is a plain fresh hit
     /// (module docs). `Ok(false)`: not answered; pingora-cache (or the
@@ -82,7 +107,11 @@ impl EdgeProxy {
         let cache = &self.shared.cache;
         let now = SystemTime::now();
         let url = edge_cache::storage::url_of(&primary);
-        let Some(object) = cache.store.fresh(url, &cache.primary_hash(&primary), now) else {
+        let Some(object) = cache
+            .store
+            .fresh(url, &cache.primary_hash(&primary), now)
+            .filter(|o| is_this_variant(o, session.req_header(), policy))
+        else {
             ctx.cache_primary = Some(primary);
             return Ok(false);
         };

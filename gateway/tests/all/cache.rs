@@ -369,19 +369,47 @@ async fn plain_fresh_hits_skip_pingora_cache_and_answer_as_it_would() {
     let range = get_with(&gw, "/p", &[("range", "bytes=0-1")]).await;
     assert_eq!((range.status, range.body.as_str()), (206, "pl"));
     assert_eq!(lookups(), before + 2, "ranges go through pingora-cache");
-    get(&gw, "/v").await;
-    let varied = get(&gw, "/v").await;
+    // Vary: the variant stored first (the primary slot) is answered fast;
+    // another variant lives in a secondary slot, which pingora-cache finds.
+    let en = [("accept-language", "en")];
+    let fr = [("accept-language", "fr")];
+    get_with(&gw, "/v", &en).await;
+    let l = lookups();
+    let en_fast = get_with(&gw, "/v", &en).await;
+    assert_eq!(lookups(), l, "the primary variant is served fast");
+    assert_eq!(en_fast.body, "varied");
     assert!(
-        varied.cache_status().contains("hit"),
+        en_fast.cache_status().starts_with("test-pop; hit"),
         "{}",
-        varied.cache_status()
+        en_fast.cache_status()
     );
-    assert!(lookups() >= before + 4, "Vary goes through pingora-cache");
+    let en_slow = get_with(&gw, "/v", &[en[0], ("if-none-match", "\"other\"")]).await;
+    assert!(lookups() > l);
+    assert_eq!(same_in_both(&en_fast), same_in_both(&en_slow));
+    let l = lookups();
+    let fr_miss = get_with(&gw, "/v", &fr).await;
+    assert!(lookups() > l, "another variant goes through pingora-cache");
+    assert!(
+        fr_miss.cache_status().contains("fwd=vary-miss"),
+        "{}",
+        fr_miss.cache_status()
+    );
+    let l = lookups();
+    let fr_hit = get_with(&gw, "/v", &fr).await;
+    assert!(lookups() > l, "a secondary variant is pingora-cache's hit");
+    assert!(
+        fr_hit.cache_status().starts_with("test-pop; hit"),
+        "{}",
+        fr_hit.cache_status()
+    );
+    let l = lookups();
+    get_with(&gw, "/v", &en).await;
+    assert_eq!(lookups(), l, "the primary variant is still served fast");
     assert_eq!(origin.hits("/p"), 1);
-    assert_eq!(origin.hits("/v"), 1);
+    assert_eq!(origin.hits("/v"), 2, "one fetch per variant");
     let m = gw.metrics().await;
     assert!(
-        m.contains(r#"edgegate_cache_requests_total{result="hit",route="all"} 5"#),
+        m.contains(r#"edgegate_cache_requests_total{result="hit",route="all"} 8"#),
         "fast hits are counted as hits: {m}"
     );
 }
