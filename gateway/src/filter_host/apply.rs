@@ -215,13 +215,19 @@ pub async fn run_request_phase(
 ) -> Result<RequestPhase, FilterFailure> {
     // Shared with each call; rebuilt only when a filter changes it.
     let mut shared_facts = Arc::new(facts.clone());
-    // Likewise the request as guests see it: rebuilt after an edit only.
+    // Likewise the request as guests see it: rebuilt only when an edit
+    // changed it and another filter is about to look.
     let mut head = request_head(req, authority);
+    let mut edited = false;
     for filter in chain
         .filters
         .iter()
         .filter(|f| f.phases.contains(Phases::REQUEST_HEAD))
     {
+        if edited {
+            head = request_head(req, authority);
+            edited = false;
+        }
         let result = filter
             .on_request(Arc::clone(&shared_facts), &head, metrics)
             .await;
@@ -240,7 +246,7 @@ pub async fn run_request_phase(
                 if changes_facts {
                     shared_facts = Arc::new(facts.clone());
                 }
-                head = request_head(req, authority);
+                edited = true;
                 applied
             }
             wit::RequestDecision::Respond(r) => {
