@@ -111,16 +111,15 @@ pub fn vary_names(meta_headers: &http::HeaderMap) -> Option<Vec<String>> {
 /// The variance of `req` against a stored response's `Vary`, leaving out
 /// the headers in `ignore`.
 pub fn variance(meta: &CacheMeta, req: &RequestHeader, ignore: &[String]) -> Option<HashBinary> {
-    variance_of(meta.headers(), req, ignore)
+    variance_for(&vary_names(meta.headers())?, req, ignore)
 }
 
-/// [`variance`] from the stored response's headers.
-pub fn variance_of(
-    stored: &http::HeaderMap,
+/// [`variance`] from the stored response's [`vary_names`].
+pub fn variance_for(
+    names: &[String],
     req: &RequestHeader,
     ignore: &[String],
 ) -> Option<HashBinary> {
-    let names = vary_names(stored)?;
     let mut builder = VarianceBuilder::new();
     for name in names.iter().filter(|n| !ignore.contains(n)) {
         let mut value = Vec::new();

@@ -138,19 +138,17 @@ impl Object {
             .collect();
         let h = &meta.header;
         let status = h.status.as_u16();
-        let plain = !h.headers.contains_key(http::header::TRANSFER_ENCODING)
+        let mut lengths = h.headers.get_all(http::header::CONTENT_LENGTH).iter();
+        let exact_length = match (lengths.next(), lengths.next()) {
+            (Some(v), None) => {
+                v.to_str().ok().and_then(|v| v.parse::<usize>().ok()) == Some(body.len())
+            }
+            _ => false,
+        };
+        let plain = exact_length
+            && !h.headers.contains_key(http::header::TRANSFER_ENCODING)
             && status >= 200
-            && !matches!(status, 204 | 304)
-            && h.headers
-                .get_all(http::header::CONTENT_LENGTH)
-                .iter()
-                .count()
-                == 1
-            && h.headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<usize>().ok())
-                == Some(body.len());
+            && !matches!(status, 204 | 304);
         Self {
             meta,
             body,

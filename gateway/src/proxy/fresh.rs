@@ -25,11 +25,11 @@
 
 use super::{cache_primary, downstream_headers, EdgeProxy, RequestCtx};
 use crate::cache::{self as edge_cache, CacheCtx};
+use crate::state::Generation;
 use pingora::cache::CachePhase;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 /// Request headers that make a hit more than "send the stored response".
@@ -74,10 +74,11 @@ fn is_this_variant(
     if !stored.contains_key(http::header::VARY) {
         return object.variance().is_none();
     }
-    if edge_cache::key::vary_names(stored).is_none() {
-        return false; // `Vary: *` is never stored; never serve it blind either
-    }
-    match edge_cache::key::variance_of(stored, req, &policy.vary_ignore) {
+    // `Vary: *` is never stored; never serve it blind either.
+    let Some(names) = edge_cache::key::vary_names(stored) else {
+        return false;
+    };
+    match edge_cache::key::variance_for(&names, req, &policy.vary_ignore) {
         None => true,
         wanted => wanted == object.variance(),
     }
@@ -91,8 +92,8 @@ impl EdgeProxy {
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
+        generation: &Generation,
     ) -> Result<bool> {
-        let generation = Arc::clone(&ctx.generation);
         let Some(policy) = ctx
             .route
             .and_then(|id| generation.config.routes.get(id))

@@ -368,7 +368,7 @@ impl ProxyHttp for EdgeProxy {
                 return Ok(true);
             }
         }
-        self.serve_fresh(session, ctx).await
+        self.serve_fresh(session, ctx, &generation).await
     }
 
     async fn request_body_filter(
