@@ -3,7 +3,7 @@
 //! prints µs per request. Complements `loadtest/filters.py`, which measures
 //! the same routes through the whole proxy.
 //!
-//!   cargo run --release -p edgegate --example filter_bench -- [N] [ROUTE]
+//!   cargo run --release -p edgegate --example filter_bench -- [N] [ROUTE|all] [COOKIE_BYTES]
 //!
 //! With `EDGEGATE_WASM_PERFMAP=1`, `perf record` names guest functions.
 
@@ -82,7 +82,14 @@ config = { bucket = "huge", key = "principal" }
         .build()?;
     println!("{n} requests per route, one thread, fresh instance per filter call");
     println!("{:16} {:>10}", "route", "µs/request");
-    let only = std::env::args().nth(2);
+    let only = std::env::args().nth(2).filter(|r| r != "all");
+    // A third argument adds a `cookie` header of that many bytes: requests
+    // from browsers carry a few KiB, and a guest whose heap outgrows its
+    // initial memory pays for growing it on every request.
+    let cookie: usize = std::env::args()
+        .nth(3)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     for (id, route) in config.routes.routes().iter().enumerate() {
         if only.as_ref().is_some_and(|o| *o != route.name) {
             continue;
@@ -92,6 +99,9 @@ config = { bucket = "huge", key = "principal" }
         req.insert_header("host", "bench.test")?;
         req.insert_header("authorization", format!("Bearer {token}"))?;
         req.insert_header("user-agent", "bench")?;
+        if cookie > 0 {
+            req.insert_header("cookie", format!("s={}", "x".repeat(cookie)))?;
+        }
         let facts = RequestFacts {
             client_ip: "192.0.2.1".into(),
             route: route.name.clone(),
@@ -108,7 +118,10 @@ config = { bucket = "huge", key = "principal" }
                         .await
                     {
                         Ok(apply::RequestPhase::Continue) => {}
-                        _ => panic!("route {} did not continue", route.name),
+                        Ok(apply::RequestPhase::Respond(r)) => {
+                            panic!("route {} answered {}", route.name, r.status)
+                        }
+                        Err(e) => panic!("route {} failed: {e:?}", route.name),
                     }
                 }
             })
@@ -122,6 +135,20 @@ config = { bucket = "huge", key = "principal" }
             route.name,
             started.elapsed().as_secs_f64() * 1e6 / n as f64
         );
+    }
+    // Linear memory a call grows to: what the pool resets after every
+    // instance, so it is as much a cost as the guest's own code.
+    use prometheus::core::Collector as _;
+    println!("{:16} {:>10}", "filter", "peak KiB");
+    for family in metrics.filter_memory_peak.collect() {
+        for m in family.get_metric() {
+            let h = m.get_histogram();
+            let name = m.get_label().first().map_or("", |l| l.value());
+            if h.get_sample_count() > 0 {
+                let mean = h.get_sample_sum() / h.get_sample_count() as f64;
+                println!("{:16} {:>10.0}", name, mean / 1024.0);
+            }
+        }
     }
     Ok(())
 }

@@ -71,7 +71,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{
+    Component, ComponentExportIndex, ComponentNamedList, HasSelf, InstancePre, Lift, Linker, Lower,
+    ResourceTable, TypedFunc,
+};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -587,10 +590,38 @@ pub struct LoadedFilter {
     /// The phases it asked for at load.
     pub phases: Phases,
     pre: bindings::FilterPre<HostState>,
+    exports: PhaseExports,
     shared: Arc<FilterShared>,
     engine: Arc<FilterEngine>,
     route: String,
     metrics: OnceLock<FilterMetrics>,
+}
+
+/// Where a filter's phase exports are, resolved once at load.
+///
+/// `bindgen!`'s `FilterPre::instantiate_async` looks up and type-checks all
+/// four exports on every instantiation, though a request calls one of
+/// them; a request here fetches and checks only the export it calls, by an
+/// index found once (measured: `loadtest/RESULTS.md`).
+struct PhaseExports {
+    on_request: ComponentExportIndex,
+    on_response: ComponentExportIndex,
+    on_response_body: ComponentExportIndex,
+}
+
+impl PhaseExports {
+    fn resolve(pre: &InstancePre<HostState>) -> Result<Self, String> {
+        let index = |name: &str| {
+            pre.component()
+                .get_export_index(None, name)
+                .ok_or_else(|| format!("it does not export `{name}`"))
+        };
+        Ok(Self {
+            on_request: index("on-request")?,
+            on_response: index("on-response")?,
+            on_response_body: index("on-response-body")?,
+        })
+    }
 }
 
 /// The filters of one route, in request order.
@@ -847,6 +878,7 @@ impl FilterSet {
                 "it does not export the `edgegate:filter/filter` world: {e:#}"
             ))
         })?;
+        let exports = PhaseExports::resolve(pre.instance_pre()).map_err(invalid)?;
         let config_json = merged_config(spec).map_err(invalid)?;
         let shared = Arc::new(FilterShared {
             name: spec.name.clone(),
@@ -860,6 +892,7 @@ impl FilterSet {
             spec: spec.clone(),
             phases: Phases::empty(),
             pre,
+            exports,
             shared,
             engine,
             route: route.to_string(),
@@ -938,22 +971,33 @@ impl LoadedFilter {
         }
     }
 
-    async fn instance(
+    /// A fresh instance and the phase export `which` picks, typed as
+    /// `P -> R` (checked against that one export only).
+    async fn instance<P, R>(
         &self,
         facts: Arc<RequestFacts>,
         metrics: &Metrics,
-    ) -> Result<(Store<HostState>, bindings::Filter), FilterFailure> {
+        which: fn(&PhaseExports) -> &ComponentExportIndex,
+    ) -> Result<(Store<HostState>, TypedFunc<P, R>), FilterFailure>
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+        R: ComponentNamedList + Lift + Send + Sync,
+    {
         let started = Instant::now();
         let mut store = self.store(facts);
         let instance = self
             .pre
+            .instance_pre()
             .instantiate_async(&mut store)
             .await
+            .map_err(|e| self.classify(&e))?;
+        let typed = instance
+            .get_typed_func::<P, R>(&mut store, which(&self.exports))
             .map_err(|e| self.classify(&e))?;
         self.metrics(metrics)
             .instantiate
             .observe(started.elapsed().as_secs_f64());
-        Ok((store, instance))
+        Ok((store, typed))
     }
 
     /// Runs `on-request` in a fresh instance.
@@ -963,11 +1007,16 @@ impl LoadedFilter {
         head: &wit::RequestHead,
         metrics: &Metrics,
     ) -> Result<wit::RequestDecision, FilterFailure> {
-        let (mut store, instance) = self.instance(facts, metrics).await?;
+        let (mut store, func) = self
+            .instance::<(&wit::RequestHead,), (wit::RequestDecision,)>(facts, metrics, |e| {
+                &e.on_request
+            })
+            .await?;
         let started = Instant::now();
-        let out = instance
-            .call_on_request(&mut store, head)
+        let out = func
+            .call_async(&mut store, (head,))
             .await
+            .map(|(d,)| d)
             .map_err(|e| self.classify(&e));
         self.observe_call(&store, started, metrics);
         out
@@ -981,11 +1030,18 @@ impl LoadedFilter {
         response: &wit::ResponseHead,
         metrics: &Metrics,
     ) -> Result<wit::ResponseDecision, FilterFailure> {
-        let (mut store, instance) = self.instance(facts, metrics).await?;
+        let (mut store, func) = self
+            .instance::<(&wit::RequestHead, &wit::ResponseHead), (wit::ResponseDecision,)>(
+                facts,
+                metrics,
+                |e| &e.on_response,
+            )
+            .await?;
         let started = Instant::now();
-        let out = instance
-            .call_on_response(&mut store, head, response)
+        let out = func
+            .call_async(&mut store, (head, response))
             .await
+            .map(|(d,)| d)
             .map_err(|e| self.classify(&e));
         self.observe_call(&store, started, metrics);
         out
@@ -1000,11 +1056,18 @@ impl LoadedFilter {
         body: &[u8],
         metrics: &Metrics,
     ) -> Result<wit::BodyDecision, FilterFailure> {
-        let (mut store, instance) = self.instance(facts, metrics).await?;
+        let (mut store, func) = self
+            .instance::<(&wit::RequestHead, &wit::ResponseHead, &[u8]), (wit::BodyDecision,)>(
+                facts,
+                metrics,
+                |e| &e.on_response_body,
+            )
+            .await?;
         let started = Instant::now();
-        let out = instance
-            .call_on_response_body(&mut store, head, response, body)
+        let out = func
+            .call_async(&mut store, (head, response, body))
             .await
+            .map(|(d,)| d)
             .map_err(|e| self.classify(&e));
         self.observe_call(&store, started, metrics);
         out
