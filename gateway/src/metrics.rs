@@ -35,6 +35,8 @@ pub struct Metrics {
     pub filter_run: HistogramVec,
     /// `edgegate_filter_memory_peak_bytes{filter}`
     pub filter_memory_peak: HistogramVec,
+    /// `edgegate_filter_memory_grows_total{route,filter}`
+    pub filter_memory_grows: IntCounterVec,
     /// `edgegate_cache_requests_total{route,result}`
     pub cache_requests: IntCounterVec,
     /// `edgegate_cache_coalesced_total{route}`: requests that waited on another's fill
@@ -153,6 +155,16 @@ impl Metrics {
             &["filter"],
         )?;
         registry.register(Box::new(filter_memory_peak.clone()))?;
+        let filter_memory_grows = IntCounterVec::new(
+            Opts::new(
+                "edgegate_filter_memory_grows_total",
+                "Filter calls whose linear memory grew past its initial size: each such \
+                 call also pays for resizing a pooled memory (~9 µs here), so a filter \
+                 that grows on most requests wants a larger initial memory",
+            ),
+            &["route", "filter"],
+        )?;
+        registry.register(Box::new(filter_memory_grows.clone()))?;
         let cache_requests = IntCounterVec::new(
             Opts::new(
                 "edgegate_cache_requests_total",
@@ -226,6 +238,7 @@ impl Metrics {
             filter_instantiate,
             filter_run,
             filter_memory_peak,
+            filter_memory_grows,
         })
     }
 

@@ -3,7 +3,7 @@
 //! rate-limit buckets as the gateway, no network.
 
 use super::apply::{self, RequestPhase};
-use super::{FilterSet, RequestFacts};
+use super::{FilterChain, FilterSet, RequestFacts};
 use crate::metrics::Metrics;
 use pingora::http::{RequestHeader, ResponseHeader};
 use policies::Config;
@@ -171,5 +171,39 @@ pub async fn run(
             Verdict::Continue
         }
     };
+    memory_report(&mut text, &chain, &route.name, &metrics);
     Ok(Report { verdict, text })
+}
+
+/// What each filter's calls grew their linear memory to. A call that grows
+/// past the initial memory costs a pooled-memory resize on every request in
+/// production, so it is worth a tenant's attention before it ships.
+fn memory_report(text: &mut String, chain: &FilterChain, route: &str, metrics: &Metrics) {
+    for f in &chain.filters {
+        let peak = metrics
+            .filter_memory_peak
+            .with_label_values(&[f.spec.name.as_str()]);
+        let (sum, count) = (peak.get_sample_sum(), peak.get_sample_count());
+        if count == 0 {
+            continue;
+        }
+        let _ = writeln!(
+            text,
+            "memory: `{}` used {:.0} KiB of linear memory per call (mean of {count} call(s))",
+            f.spec.name,
+            sum / count as f64 / 1024.0
+        );
+        let grew = metrics
+            .filter_memory_grows
+            .with_label_values(&[route, f.spec.name.as_str()])
+            .get();
+        if grew > 0 {
+            let _ = writeln!(
+                text,
+                "  it grew past its initial memory in {grew} call(s): in production each such \
+                 call also pays for resizing a pooled memory (~9 µs); keep the heap within \
+                 the initial memory (see the SDK docs)"
+            );
+        }
+    }
 }

@@ -1292,6 +1292,15 @@ timeout = "2s"
     assert_eq!((s, body.as_str()), (422, "rejected\n"));
     let (s, _, _) = get("/t/panic?shout=1").await;
     assert_eq!(s, 503, "a trapping body filter fails closed");
+    // A body bigger than the filter's initial memory makes its call grow
+    // the memory, and the metric says so (the calls above did not).
+    let grows = r#"edgegate_filter_memory_grows_total{filter="body_upper",route="shout"}"#;
+    assert!(gw.metrics().await.contains(&format!("{grows} 0")));
+    origin.set("/t/medium", Reply::ok("", &"m".repeat(256 << 10)));
+    let (s, _, body) = get("/t/medium?shout=1").await;
+    assert_eq!((s, body.len()), (200, 256 << 10));
+    assert!(body.bytes().all(|b| b == b'M'));
+    assert!(gw.metrics().await.contains(&format!("{grows} 1")));
     let (s, _, body) = get("/t/big?shout=1").await;
     assert_eq!(s, 413, "{body}");
     let (s, _, body) = get("/t/hello?shout=2").await;

@@ -432,6 +432,36 @@ fn filter_test_runs_a_routes_chain_from_a_real_config() {
         stdout.contains("www-authenticate: Bearer realm=\"edgegate\""),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("memory: `jwt-auth` used 128 KiB of linear memory per call"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("grew past"), "{stdout}");
+
+    // A request too big for a filter's initial memory is pointed out: in
+    // production every such call pays for a memory resize.
+    let big = dir.path().join("big.http");
+    std::fs::write(
+        &big,
+        format!(
+            "GET /x HTTP/1.1\nHost: example.com\nCookie: s={}\n\n",
+            "c".repeat(64 << 10)
+        ),
+    )
+    .unwrap();
+    let stdout = run_ok(
+        Command::new(BIN)
+            .args(["filter", "test", "--component"])
+            .arg(guest_dir().join("noop.wasm"))
+            .arg("--request")
+            .arg(&big)
+            .args(["--expect", "continue"]),
+    );
+    let memory = &stdout[stdout.find("memory:").unwrap_or(0)..];
+    assert!(
+        memory.contains("it grew past its initial memory in 1 call(s)"),
+        "{memory}"
+    );
 
     // The production limits apply locally too: a spinning filter is stopped.
     let spin = guest_dir().join("spin.wasm");
