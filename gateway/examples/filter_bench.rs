@@ -42,10 +42,44 @@ fn main() -> anyhow::Result<()> {
         input.as_bytes(),
     );
     let token = format!("{input}.{}", b64(sig.as_ref()));
+    // ES256: a fresh P-256 key, its public half in a JWKS file (the host
+    // verifies a token's signature once and caches the result, as through
+    // the proxy).
+    let rng = ring::rand::SystemRandom::new();
+    let alg = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+    let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng)
+        .map_err(|_| anyhow::anyhow!("P-256 key generation failed"))?;
+    let key = ring::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng)
+        .map_err(|_| anyhow::anyhow!("P-256 key rejected"))?;
+    let point = ring::signature::KeyPair::public_key(&key).as_ref(); // 0x04 || x || y
+    let dir = tempfile::tempdir()?;
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(
+        &jwks,
+        format!(
+            r#"{{"keys":[{{"kty":"EC","crv":"P-256","kid":"e1","x":"{}","y":"{}"}}]}}"#,
+            b64(&point[1..33]),
+            b64(&point[33..65])
+        ),
+    )?;
+    let es_input = format!(
+        "{}.{}",
+        b64(br#"{"alg":"ES256","kid":"e1"}"#),
+        input.split_once('.').map_or("", |(_, claims)| claims)
+    );
+    let es_sig = key
+        .sign(&rng, es_input.as_bytes())
+        .map_err(|_| anyhow::anyhow!("ES256 signing failed"))?;
+    let es_token = format!("{es_input}.{}", b64(es_sig.as_ref()));
     let jwt = r#"[[routes.filters]]
 module = "jwt-auth"
 key_sets = ["hs"]
 config = { key_set = "hs", algorithms = ["HS256"], issuer = "bench", audience = "bench" }
+"#;
+    let jwt_es = r#"[[routes.filters]]
+module = "jwt-auth"
+key_sets = ["es"]
+config = { key_set = "es", algorithms = ["ES256"], issuer = "bench", audience = "bench", forward_claims = { sub = "x-user-id" } }
 "#;
     let rl = r#"[[routes.filters]]
 module = "rate-limit"
@@ -61,11 +95,17 @@ config = { bucket = "huge", key = "principal" }
         ("headers", hdr.to_string()),
         ("rate-limit", rl.to_string()),
         ("jwt-hs256", jwt.to_string()),
+        ("jwt-es256", jwt_es.to_string()),
+        // The route issue 3's throughput target names (`/jwt-rl` in
+        // `loadtest/filters.py`).
+        ("jwt-es256+rl", format!("{jwt_es}{rl}")),
         ("jwt+rl+headers", format!("{jwt}{rl}{hdr}")),
     ];
     let mut text = format!(
         "[[listeners]]\nlisten = \"127.0.0.1:1\"\n[upstreams.u]\nbackends = [\"127.0.0.1:1\"]\n\
-         [key_sets.hs]\nhmac_secrets = {{ k1 = \"{SECRET}\" }}\n[rate_limits.huge]\nrate = 100000000\n"
+         [key_sets.hs]\nhmac_secrets = {{ k1 = \"{SECRET}\" }}\n[key_sets.es]\njwks_file = {:?}\n\
+         [rate_limits.huge]\nrate = 100000000\n",
+        jwks.display().to_string()
     );
     for (name, filters) in &routes {
         text.push_str(&format!("[[routes]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\nupstream = \"u\"\n{filters}\n"));
@@ -97,7 +137,12 @@ config = { bucket = "huge", key = "principal" }
         let chain = set.chain(route, &config)?;
         let mut req = RequestHeader::build("GET", format!("/{}/x", route.name).as_bytes(), None)?;
         req.insert_header("host", "bench.test")?;
-        req.insert_header("authorization", format!("Bearer {token}"))?;
+        let bearer = if route.name.contains("es256") {
+            &es_token
+        } else {
+            &token
+        };
+        req.insert_header("authorization", format!("Bearer {bearer}"))?;
         req.insert_header("user-agent", "bench")?;
         if cookie > 0 {
             req.insert_header("cookie", format!("s={}", "x".repeat(cookie)))?;
