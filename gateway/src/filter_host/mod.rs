@@ -359,7 +359,7 @@ impl wasmtime::ResourceLimiter for PeakLimits {
             self.peak = self.peak.max(desired);
         }
         // Creating a memory asks for its initial size from 0.
-        self.grew |= current > 0;
+        self.grew |= current > 0 && desired > current;
         Ok(allowed)
     }
 
