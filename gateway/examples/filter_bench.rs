@@ -181,18 +181,31 @@ config = { bucket = "huge", key = "principal" }
             started.elapsed().as_secs_f64() * 1e6 / n as f64
         );
     }
-    // Linear memory a call grows to: what the pool resets after every
-    // instance, so it is as much a cost as the guest's own code.
-    use prometheus::core::Collector as _;
-    println!("{:16} {:>10}", "filter", "peak KiB");
-    for family in metrics.filter_memory_peak.collect() {
-        for m in family.get_metric() {
-            let h = m.get_histogram();
-            let name = m.get_label().first().map_or("", |l| l.value());
-            if h.get_sample_count() > 0 {
-                let mean = h.get_sample_sum() / h.get_sample_count() as f64;
-                println!("{:16} {:>10.0}", name, mean / 1024.0);
-            }
+    // Per call, from the host's own histograms: a fresh instance, the
+    // guest's run (lowering the request in, host calls, lifting the
+    // decision out), and the linear memory it grew to — what the pool
+    // resets after every instance.
+    println!(
+        "{:16} {:>14} {:>10} {:>9}",
+        "filter", "instantiate µs", "run µs", "peak KiB"
+    );
+    let mean = |h: &prometheus::HistogramVec, name: &str| {
+        let h = h.with_label_values(&[name]);
+        (h.get_sample_count() > 0).then(|| h.get_sample_sum() / h.get_sample_count() as f64)
+    };
+    for name in ["noop", "headers", "rate-limit", "jwt-auth"] {
+        if let (Some(i), Some(r), Some(p)) = (
+            mean(&metrics.filter_instantiate, name),
+            mean(&metrics.filter_run, name),
+            mean(&metrics.filter_memory_peak, name),
+        ) {
+            println!(
+                "{:16} {:>14.1} {:>10.1} {:>9.0}",
+                name,
+                i * 1e6,
+                r * 1e6,
+                p / 1024.0
+            );
         }
     }
     Ok(())
