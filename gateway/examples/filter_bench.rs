@@ -189,10 +189,7 @@ config = { bucket = "huge", key = "principal" }
         "{:16} {:>14} {:>10} {:>9}",
         "filter", "instantiate µs", "run µs", "peak KiB"
     );
-    let mean = |h: &prometheus::HistogramVec, name: &str| {
-        let h = h.with_label_values(&[name]);
-        (h.get_sample_count() > 0).then(|| h.get_sample_sum() / h.get_sample_count() as f64)
-    };
+    use edgegate::metrics::filter_mean as mean;
     for name in ["noop", "headers", "rate-limit", "jwt-auth"] {
         if let (Some(i), Some(r), Some(p)) = (
             mean(&metrics.filter_instantiate, name),

@@ -275,6 +275,14 @@ pub const STATUS_LABELS: [&str; 22] = [
     "403", "404", "413", "429", "431", "500", "502", "504",
 ];
 
+/// The mean of one filter's observations in a per-filter histogram
+/// (`None` before its first call).
+pub fn filter_mean(h: &HistogramVec, filter: &str) -> Option<f64> {
+    let h = h.with_label_values(&[filter]);
+    let count = h.get_sample_count();
+    (count > 0).then(|| h.get_sample_sum() / count as f64)
+}
+
 /// Index into [`STATUS_LABELS`].
 pub fn status_index(status: u16) -> usize {
     match status {

@@ -4,7 +4,7 @@
 
 use super::apply::{self, RequestPhase};
 use super::{FilterChain, FilterSet, RequestFacts};
-use crate::metrics::Metrics;
+use crate::metrics::{filter_mean, Metrics};
 use pingora::http::{RequestHeader, ResponseHeader};
 use policies::Config;
 use std::fmt::Write as _;
@@ -180,18 +180,18 @@ pub async fn run(
 /// production, so it is worth a tenant's attention before it ships.
 fn memory_report(text: &mut String, chain: &FilterChain, route: &str, metrics: &Metrics) {
     for f in &chain.filters {
-        let peak = metrics
-            .filter_memory_peak
-            .with_label_values(&[f.spec.name.as_str()]);
-        let (sum, count) = (peak.get_sample_sum(), peak.get_sample_count());
-        if count == 0 {
+        let Some(peak) = filter_mean(&metrics.filter_memory_peak, &f.spec.name) else {
             continue;
-        }
+        };
+        let count = metrics
+            .filter_memory_peak
+            .with_label_values(&[f.spec.name.as_str()])
+            .get_sample_count();
         let _ = writeln!(
             text,
             "memory: `{}` used {:.0} KiB of linear memory per call (mean of {count} call(s))",
             f.spec.name,
-            sum / count as f64 / 1024.0
+            peak / 1024.0
         );
         let grew = metrics
             .filter_memory_grows

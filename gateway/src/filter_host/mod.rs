@@ -90,7 +90,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use wasmtime::component::{
     Component, ComponentExportIndex, ComponentNamedList, HasSelf, InstancePre, Lift, Linker, Lower,
-    ResourceTable, TypedFunc,
+    ResourceTable,
 };
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -996,17 +996,19 @@ impl LoadedFilter {
         }
     }
 
-    /// A fresh instance and the phase export `which` picks, typed as
-    /// `P -> R` (checked against that one export only).
-    async fn instance<P, R>(
+    /// Runs the phase export `which` picks, typed `P -> (D,)`, in a fresh
+    /// instance (only that export is looked up and type-checked).
+    async fn call<P, D>(
         &self,
         facts: Arc<RequestFacts>,
         metrics: &Metrics,
         which: fn(&PhaseExports) -> &ComponentExportIndex,
-    ) -> Result<(Store<HostState>, TypedFunc<P, R>), FilterFailure>
+        args: P,
+    ) -> Result<D, FilterFailure>
     where
         P: ComponentNamedList + Lower + Send + Sync,
-        R: ComponentNamedList + Lift + Send + Sync,
+        D: 'static,
+        (D,): ComponentNamedList + Lift + Send + Sync,
     {
         let started = Instant::now();
         let mut store = self.store(facts);
@@ -1016,13 +1018,20 @@ impl LoadedFilter {
             .instantiate_async(&mut store)
             .await
             .map_err(|e| self.classify(&e))?;
-        let typed = instance
-            .get_typed_func::<P, R>(&mut store, which(&self.exports))
+        let func = instance
+            .get_typed_func::<P, (D,)>(&mut store, which(&self.exports))
             .map_err(|e| self.classify(&e))?;
         self.metrics(metrics)
             .instantiate
             .observe(started.elapsed().as_secs_f64());
-        Ok((store, typed))
+        let started = Instant::now();
+        let out = func
+            .call_async(&mut store, args)
+            .await
+            .map(|(d,)| d)
+            .map_err(|e| self.classify(&e));
+        self.observe_call(&store, started, metrics);
+        out
     }
 
     /// Runs `on-request` in a fresh instance.
@@ -1032,19 +1041,7 @@ impl LoadedFilter {
         head: &wit::RequestHead,
         metrics: &Metrics,
     ) -> Result<wit::RequestDecision, FilterFailure> {
-        let (mut store, func) = self
-            .instance::<(&wit::RequestHead,), (wit::RequestDecision,)>(facts, metrics, |e| {
-                &e.on_request
-            })
-            .await?;
-        let started = Instant::now();
-        let out = func
-            .call_async(&mut store, (head,))
-            .await
-            .map(|(d,)| d)
-            .map_err(|e| self.classify(&e));
-        self.observe_call(&store, started, metrics);
-        out
+        self.call(facts, metrics, |e| &e.on_request, (head,)).await
     }
 
     /// Runs `on-response` in a fresh instance.
@@ -1055,21 +1052,8 @@ impl LoadedFilter {
         response: &wit::ResponseHead,
         metrics: &Metrics,
     ) -> Result<wit::ResponseDecision, FilterFailure> {
-        let (mut store, func) = self
-            .instance::<(&wit::RequestHead, &wit::ResponseHead), (wit::ResponseDecision,)>(
-                facts,
-                metrics,
-                |e| &e.on_response,
-            )
-            .await?;
-        let started = Instant::now();
-        let out = func
-            .call_async(&mut store, (head, response))
+        self.call(facts, metrics, |e| &e.on_response, (head, response))
             .await
-            .map(|(d,)| d)
-            .map_err(|e| self.classify(&e));
-        self.observe_call(&store, started, metrics);
-        out
     }
 
     /// Runs `on-response-body` in a fresh instance.
@@ -1081,21 +1065,13 @@ impl LoadedFilter {
         body: &[u8],
         metrics: &Metrics,
     ) -> Result<wit::BodyDecision, FilterFailure> {
-        let (mut store, func) = self
-            .instance::<(&wit::RequestHead, &wit::ResponseHead, &[u8]), (wit::BodyDecision,)>(
-                facts,
-                metrics,
-                |e| &e.on_response_body,
-            )
-            .await?;
-        let started = Instant::now();
-        let out = func
-            .call_async(&mut store, (head, response, body))
-            .await
-            .map(|(d,)| d)
-            .map_err(|e| self.classify(&e));
-        self.observe_call(&store, started, metrics);
-        out
+        self.call(
+            facts,
+            metrics,
+            |e| &e.on_response_body,
+            (head, response, body),
+        )
+        .await
     }
 
     /// Records a finished call's run time and peak linear memory.
