@@ -11,8 +11,14 @@ box two identical processes differ by up to ~2 µs/request run to run: trust
 differences that hold across rounds and repeated runs.
 
 Usage: python3 loadtest/ab.py OLD_BINARY NEW_BINARY [--rounds 5] [--duration 4]
+                              [--cache-plain] [--server-old TOML] [--server-new TOML]
   e.g. build the old commit in a git worktree with the same CARGO_TARGET_DIR,
   copy its release/edgegate aside, then build the new one.
+  --cache-plain turns caching on for /plain (the origin's answers are not
+  cacheable, so every request is a miss: what a caching route costs traffic
+  it cannot cache); --server-old/--server-new add lines to each gateway's
+  [server] table, so one binary can run against itself with a setting
+  changed (e.g. --server-old "hit_lane = false").
 """
 import argparse, json, os, statistics, subprocess, sys, tempfile
 
@@ -29,6 +35,9 @@ def main():
     ap.add_argument("new")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--duration", type=int, default=4)
+    ap.add_argument("--cache-plain", action="store_true")
+    ap.add_argument("--server-old", default="")
+    ap.add_argument("--server-new", default="")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="edgegate-ab-")
     procs = []
@@ -41,11 +50,15 @@ def main():
         with open(jwks_path, "w") as f:
             json.dump(jwks, f)
         gws = {}
-        for name, binary in (("old", args.old), ("new", args.new)):
+        for name, binary, server in (("old", args.old, args.server_old), ("new", args.new, args.server_new)):
             port, admin = R.free_port(), R.free_port()
             conf = os.path.join(work, f"{name}.toml")
+            text = F.config(port, admin, o_port, 1, jwks_path).replace("[server]\n", f"[server]\n{server}\n")
+            if args.cache_plain:
+                plain = 'path_prefix = "/plain"\nupstream = "origin"\n'
+                text = text.replace(plain, plain + "[routes.cache]\n")
             with open(conf, "w") as f:
-                f.write(F.config(port, admin, o_port, 1, jwks_path))
+                f.write(text)
             p = subprocess.Popen(["taskset", "-c", "0", binary, "--config", conf],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append(p)

@@ -19,7 +19,10 @@ then, interleaved over several rounds:
 Checks afterwards that the origin served only the warm-up requests. When the
 `bare_pingora` example is built, a Pingora server answering every request
 from `request_filter` with the same body (`static:SIZE`) runs too: the floor
-any Pingora-based cache hit stands on (reported, not a peer).
+any Pingora-based cache hit stands on (reported, not a peer). When the
+`tokio_floor` example is built, a bare tokio + httparse responder writing the
+same bytes runs too: the floor under edgegate's hit lane, which answers plain
+fresh hits before Pingora's session (reported, not a peer).
 Prints per-round numbers, medians, and ratios against edgegate.
 
 Usage: python3 loadtest/cache.py [--workers 1] [--duration 10] [--rounds 3]
@@ -217,13 +220,21 @@ def main():
             floor = subprocess.Popen(pin([bare_bin, f"127.0.0.1:{ports['floor']}", f"static:{args.size}"]),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append(floor)
-        names = PEERS + (("floor",) if floor else ())
+        tokio_bin = os.path.join(os.path.dirname(binary), "examples/tokio_floor")
+        tokio_floor = None
+        if os.path.exists(tokio_bin):
+            ports["tokio"] = free_port()
+            tokio_floor = subprocess.Popen(pin([tokio_bin, f"127.0.0.1:{ports['tokio']}", str(args.size)]),
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(tokio_floor)
+        names = PEERS + (("floor",) if floor else ()) + (("tokio",) if tokio_floor else ())
         targets = {
             "edgegate": lambda: [eg.pid],
             "varnish": lambda: [vn.pid] + children(vn.pid),
             "haproxy": lambda: [hp.pid],
             "nginx": lambda: [ng.pid] + children(ng.pid),
             "floor": lambda: [floor.pid],
+            "tokio": lambda: [tokio_floor.pid],
         }
         url = {n: f"http://127.0.0.1:{p}/obj" for n, p in ports.items()}
         for n in names:
@@ -231,7 +242,7 @@ def main():
             get(url[n])
             time.sleep(0.2)
             h = get(url[n])
-            if n != "floor" and not is_hit(n, h):
+            if n not in ("floor", "tokio") and not is_hit(n, h):
                 raise SystemExit(f"{n} did not answer from cache after warm-up: {h}")
             subprocess.run(["taskset", "-c", wrk_cpus, "wrk", "-t1", "-c16", "-d2s", url[n]], capture_output=True)
         with open(os.path.join(work, "origin", "logs", "access.log")) as f:

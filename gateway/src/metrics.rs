@@ -41,6 +41,8 @@ pub struct Metrics {
     pub cache_requests: IntCounterVec,
     /// `edgegate_cache_coalesced_total{route}`: requests that waited on another's fill
     pub cache_coalesced: IntCounterVec,
+    /// `edgegate_cache_lane_hits_total`: hits the hit lane answered
+    pub cache_lane_hits: IntCounter,
     /// `edgegate_cache_evictions_total` (brought up to date at scrape time)
     pub cache_evictions: IntCounter,
     /// `edgegate_cache_too_large_total` (brought up to date at scrape time)
@@ -179,6 +181,11 @@ impl Metrics {
             ),
             &["route"],
         )?;
+        let cache_lane_hits = IntCounter::new(
+            "edgegate_cache_lane_hits_total",
+            "Fresh hits answered by the hit lane, before Pingora's session \
+             (also counted as hits in edgegate_cache_requests_total)",
+        )?;
         let cache_evictions = IntCounter::new(
             "edgegate_cache_evictions_total",
             "Objects evicted to stay within the cache size",
@@ -207,6 +214,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(cache_requests.clone()))?;
         registry.register(Box::new(cache_coalesced.clone()))?;
+        registry.register(Box::new(cache_lane_hits.clone()))?;
         registry.register(Box::new(cache_evictions.clone()))?;
         registry.register(Box::new(cache_too_large.clone()))?;
         registry.register(Box::new(cache_bytes.clone()))?;
@@ -217,6 +225,7 @@ impl Metrics {
         Ok(Self {
             cache_requests,
             cache_coalesced,
+            cache_lane_hits,
             cache_evictions,
             cache_too_large,
             cache_bytes,

@@ -165,15 +165,22 @@ pub fn run(shared: Arc<Shared>, options: RunOptions) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     let server_conf = Arc::clone(&server.configuration);
 
-    let mut proxy =
-        pingora::proxy::ProxyServiceBuilder::new(&server_conf, EdgeProxy::new(Arc::clone(&shared)))
-            .name("edgegate proxy")
-            .server_options({
-                let mut o = HttpServerOptions::default();
-                o.h2c = config.server.h2c;
-                o
-            })
-            .build();
+    let mut http = pingora::proxy::HttpProxy::new(
+        EdgeProxy::new(Arc::clone(&shared)),
+        Arc::clone(&server_conf),
+    );
+    http.handle_init_modules();
+    http.server_options = Some({
+        let mut o = HttpServerOptions::default();
+        o.h2c = config.server.h2c;
+        o
+    });
+    // The hit lane answers plain fresh hits in front of Pingora's proxy
+    // (`proxy::lane`); everything else reaches `EdgeProxy` as before.
+    let mut proxy = Service::new(
+        "edgegate proxy".to_string(),
+        crate::proxy::lane::EdgeApp::new(http, Arc::clone(&shared)),
+    );
     for listener in &config.listeners {
         let addr = listener.listen.to_string();
         match &listener.tls {

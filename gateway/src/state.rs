@@ -102,6 +102,10 @@ pub struct HotValues {
     pub via_h1: http::HeaderValue,
     /// `Via` hop for HTTP/2 (`2 <pop>`).
     pub via_h2: http::HeaderValue,
+    /// Whether the hit lane (`proxy::lane`) can answer anything: it is on
+    /// and some route caches without filters. When not, connections go
+    /// straight to Pingora and pay nothing for the lane.
+    pub hit_lane: bool,
 }
 
 impl HotValues {
@@ -123,6 +127,12 @@ impl HotValues {
                 .map_err(|_| invalid("pop.name"))?,
             via_h2: http::HeaderValue::from_str(&format!("2 {}", config.pop_name))
                 .map_err(|_| invalid("pop.name"))?,
+            hit_lane: config.server.hit_lane
+                && config
+                    .routes
+                    .routes()
+                    .iter()
+                    .any(|r| r.cache.is_some() && r.filters.is_empty()),
         })
     }
 }

@@ -176,6 +176,8 @@ pub struct Server {
     pub request_id_header: String,
     /// Accept h2c (prior knowledge) on plain listeners.
     pub h2c: bool,
+    /// Answer plain fresh cache hits on HTTP/1.1 before Pingora's session.
+    pub hit_lane: bool,
     /// Where first-party filters are installed.
     pub filter_dir: PathBuf,
     /// Where compiled filters are cached, if anywhere.

@@ -196,6 +196,9 @@ pub struct ServerConfig {
     pub request_id_header: Option<String>,
     /// Accept HTTP/2 cleartext (prior knowledge) on plain listeners. Default false.
     pub h2c: Option<bool>,
+    /// Answer plain fresh cache hits on HTTP/1.1 connections before
+    /// Pingora parses the request (the hit lane). Default true.
+    pub hit_lane: Option<bool>,
     /// Where first-party filter components are installed. Default
     /// `/usr/lib/edgegate/filters` (the `EDGEGATE_FILTER_DIR` environment variable overrides).
     pub filter_dir: Option<String>,

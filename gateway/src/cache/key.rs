@@ -41,6 +41,39 @@ pub fn url_identity(host: &str, path: &str, query: Option<&str>, mode: QueryKey)
     out
 }
 
+/// Read access to a request's header values. The key and variance rules
+/// read requests through it, so one implementation serves both Pingora's
+/// parsed [`RequestHeader`] and the hit lane's raw `httparse` view
+/// (`proxy::lane`), which answers fresh hits without building one.
+pub trait HeaderValues {
+    /// Every value of header `name` (given in lower case), in order.
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a;
+
+    /// The first value of header `name`.
+    fn first<'a>(&'a self, name: &'a str) -> Option<&'a [u8]> {
+        self.values(name).next()
+    }
+}
+
+impl HeaderValues for RequestHeader {
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers.get_all(name).iter().map(|v| v.as_bytes())
+    }
+}
+
+/// `name`'s values joined by `,`, each trimmed (how a key or variance
+/// sees a header).
+fn joined<R: HeaderValues + ?Sized>(req: &R, name: &str) -> Vec<u8> {
+    let mut value = Vec::new();
+    for (i, v) in req.values(name).enumerate() {
+        if i > 0 {
+            value.push(b',');
+        }
+        value.extend_from_slice(v.trim_ascii());
+    }
+    value
+}
+
 fn push_part(out: &mut Vec<u8>, part: &[u8]) {
     out.push(0);
     out.extend_from_slice(&(part.len() as u32).to_be_bytes());
@@ -48,11 +81,9 @@ fn push_part(out: &mut Vec<u8>, part: &[u8]) {
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
-    req.headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+fn cookie<'a, R: HeaderValues + ?Sized>(req: &'a R, name: &str) -> Option<&'a [u8]> {
+    req.values("cookie")
+        .flat_map(|v| v.split(|&b| b == b';'))
         .find_map(|pair| {
             let pair = pair.trim_ascii();
             let eq = pair.iter().position(|&b| b == b'=')?;
@@ -61,10 +92,10 @@ fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
 }
 
 /// The primary key of a request.
-pub fn primary(
+pub fn primary<R: HeaderValues + ?Sized>(
     url: &[u8],
     tls: bool,
-    req: &RequestHeader,
+    req: &R,
     policy: &CachePolicy,
     filter_parts: &[String],
 ) -> Vec<u8> {
@@ -72,14 +103,7 @@ pub fn primary(
     out.extend_from_slice(url);
     push_part(&mut out, if tls { b"https" } else { b"http" });
     for h in &policy.key_headers {
-        let mut value = Vec::new();
-        for (i, v) in req.headers.get_all(h.as_str()).iter().enumerate() {
-            if i > 0 {
-                value.push(b',');
-            }
-            value.extend_from_slice(v.as_bytes().trim_ascii());
-        }
-        push_part(&mut out, &value);
+        push_part(&mut out, &joined(req, h));
     }
     for c in &policy.key_cookies {
         push_part(&mut out, cookie(req, c).unwrap_or_default());
@@ -115,21 +139,14 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader, ignore: &[String]) -> Opt
 }
 
 /// [`variance`] from the stored response's [`vary_names`].
-pub fn variance_for(
+pub fn variance_for<R: HeaderValues + ?Sized>(
     names: &[String],
-    req: &RequestHeader,
+    req: &R,
     ignore: &[String],
 ) -> Option<HashBinary> {
     let mut builder = VarianceBuilder::new();
     for name in names.iter().filter(|n| !ignore.contains(n)) {
-        let mut value = Vec::new();
-        for (i, v) in req.headers.get_all(name.as_str()).iter().enumerate() {
-            if i > 0 {
-                value.push(b',');
-            }
-            value.extend_from_slice(v.as_bytes().trim_ascii());
-        }
-        builder.add_owned_name_value(name.clone(), value);
+        builder.add_owned_name_value(name.clone(), joined(req, name));
     }
     builder.finalize()
 }

@@ -42,7 +42,7 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Response headers whose values tag an object for purging.
@@ -124,6 +124,21 @@ pub struct Object {
     /// ([`MokaStore::fresh`]): a `Content-Length` that is the stored body's,
     /// on a status that has a body.
     plain: bool,
+    /// The hit lane's serialised head, made on the first lane hit.
+    wire: OnceLock<HitWire>,
+}
+
+/// The part of a fresh hit's HTTP/1.1 head that is the same for every hit
+/// of one object, serialised once by the hit lane (`proxy::lane`): the
+/// status line and every stored field but those each hit sets itself.
+pub struct HitWire {
+    /// The request-id header left out of `head` (the one current when it
+    /// was made).
+    pub request_id_header: http::HeaderName,
+    /// Status line and the stored fields, each line ending in CRLF.
+    pub head: Bytes,
+    /// The stored `Via`, which each hit appends its hop to.
+    pub via: Option<http::HeaderValue>,
 }
 
 impl Object {
@@ -155,7 +170,13 @@ impl Object {
             tags,
             expired_at: AtomicU64::new(0),
             plain,
+            wire: OnceLock::new(),
         }
+    }
+
+    /// The hit lane's serialised head, made by `make` on first use.
+    pub fn hit_wire(&self, make: impl FnOnce(&ResponseHeader) -> HitWire) -> &HitWire {
+        self.wire.get_or_init(|| make(&self.meta.header))
     }
 
     /// The stored response header.
@@ -187,8 +208,9 @@ impl Object {
     }
 
     fn weight(&self) -> usize {
+        // The header twice: as stored, and as the hit lane's serialised head.
         self.body.len()
-            + self.meta.header_bytes()
+            + 2 * self.meta.header_bytes()
             + self.tags.iter().map(|t| t.len() + 16).sum::<usize>()
             + OBJECT_OVERHEAD
     }

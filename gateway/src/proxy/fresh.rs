@@ -24,22 +24,25 @@
 //! paths header by header.
 
 use super::{cache_primary, downstream_headers, EdgeProxy, RequestCtx};
+use crate::cache::key::HeaderValues;
+use crate::cache::storage::Object;
 use crate::cache::{self as edge_cache, CacheCtx};
 use crate::state::Generation;
 use pingora::cache::CachePhase;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// Request headers that make a hit more than "send the stored response".
-const NOT_PLAIN: [http::header::HeaderName; 6] = [
-    http::header::RANGE,
-    http::header::IF_RANGE,
-    http::header::IF_NONE_MATCH,
-    http::header::IF_MODIFIED_SINCE,
-    http::header::IF_MATCH,
-    http::header::IF_UNMODIFIED_SINCE,
+const NOT_PLAIN: [&str; 6] = [
+    "range",
+    "if-range",
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
 ];
 
 /// The client asked for revalidation (`Cache-Control: no-cache`, or
@@ -53,10 +56,16 @@ pub fn client_no_cache(req: &RequestHeader) -> bool {
             .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"no-cache"))
 }
 
+/// Whether the request carries none of the headers (ranges, conditionals)
+/// that make a hit more than sending the stored response.
+pub(super) fn no_range_or_conditional<R: HeaderValues + ?Sized>(req: &R) -> bool {
+    !NOT_PLAIN.iter().any(|h| req.first(h).is_some())
+}
+
 /// Whether the request is one the fast path may answer, given the policy.
 fn plain_request(req: &RequestHeader, policy: &policies::CachePolicy) -> bool {
     matches!(req.method, http::Method::GET | http::Method::HEAD)
-        && !NOT_PLAIN.iter().any(|h| req.headers.contains_key(h))
+        && no_range_or_conditional(req)
         && !(policy.honor_client_no_cache && client_no_cache(req))
 }
 
@@ -65,9 +74,9 @@ fn plain_request(req: &RequestHeader, policy: &policies::CachePolicy) -> bool {
 /// `cache_vary_lookup`), so `Vary: Accept-Encoding` objects — most of an
 /// edge's — take the fast path for the variant stored first. Any other
 /// variant lives in a secondary slot, which pingora-cache finds.
-fn is_this_variant(
-    object: &edge_cache::storage::Object,
-    req: &RequestHeader,
+fn is_this_variant<R: HeaderValues + ?Sized>(
+    object: &Object,
+    req: &R,
     policy: &policies::CachePolicy,
 ) -> bool {
     let stored = &object.header().headers;
@@ -82,6 +91,75 @@ fn is_this_variant(
         None => true,
         wanted => wanted == object.variance(),
     }
+}
+
+/// The fresh object stored under `primary` when it is the variant `req`
+/// asks for.
+pub(super) fn lookup<R: HeaderValues + ?Sized>(
+    cache: &edge_cache::Cache,
+    primary: &[u8],
+    req: &R,
+    policy: &policies::CachePolicy,
+    now: SystemTime,
+) -> Option<Arc<Object>> {
+    let url = edge_cache::storage::url_of(primary);
+    cache
+        .store
+        .fresh(url, &cache.primary_hash(primary), now)
+        .filter(|o| is_this_variant(o, req, policy))
+}
+
+/// What a fresh hit records: its cache context (`Cache-Status`'s `key` in
+/// debug mode) and its `Cache-Status` value.
+pub(super) fn hit_status(
+    generation: &Generation,
+    object: &Object,
+    primary: &[u8],
+) -> (Box<CacheCtx>, String) {
+    let mut cx = Box::new(CacheCtx {
+        fresh_hit: true,
+        ..CacheCtx::default()
+    });
+    if generation.config.cache.debug {
+        cx.key = Some(edge_cache::key::printable(primary));
+    }
+    let status = edge_cache::outcome(
+        &generation.config.pop_name,
+        CachePhase::Hit,
+        &cx,
+        Some(object.fresh_until()),
+        false,
+    )
+    .status;
+    (cx, status)
+}
+
+/// The response header of a fresh hit on HTTP/1.1: what pingora-cache
+/// sends for it (the stored header, `Age`, `Accept-Ranges` on a `200`)
+/// plus edgegate's downstream headers.
+pub(super) fn hit_header(
+    object: &Object,
+    now: SystemTime,
+    generation: &Generation,
+    request_id: &str,
+    cache_status: String,
+) -> Result<Box<ResponseHeader>> {
+    let mut header = Box::new(object.header().clone());
+    header.insert_header(http::header::AGE, object.age(now))?;
+    header.set_version(http::Version::HTTP_11);
+    if header.status == http::StatusCode::OK {
+        // pingora-cache's range filter advertises ranges on every whole
+        // 200 it could have served a range of (as nginx does).
+        header.insert_header(http::header::ACCEPT_RANGES, "bytes")?;
+    }
+    downstream_headers(
+        http::Version::HTTP_11,
+        &mut header,
+        &generation.hot,
+        request_id,
+        Some(cache_status),
+    )?;
+    Ok(header)
 }
 
 impl EdgeProxy {
@@ -105,46 +183,21 @@ impl EdgeProxy {
             return Ok(false);
         }
         let primary = cache_primary(session, ctx, policy);
-        let cache = &self.shared.cache;
         let now = SystemTime::now();
-        let url = edge_cache::storage::url_of(&primary);
-        let Some(object) = cache
-            .store
-            .fresh(url, &cache.primary_hash(&primary), now)
-            .filter(|o| is_this_variant(o, session.req_header(), policy))
-        else {
+        let Some(object) = lookup(
+            &self.shared.cache,
+            &primary,
+            session.req_header(),
+            policy,
+            now,
+        ) else {
             ctx.cache_primary = Some(primary);
             return Ok(false);
         };
-
-        let mut cx = Box::new(CacheCtx {
-            fresh_hit: true,
-            ..CacheCtx::default()
-        });
-        if generation.config.cache.debug {
-            cx.key = Some(edge_cache::key::printable(&primary));
-        }
-        let status = edge_cache::outcome(
-            &generation.config.pop_name,
-            CachePhase::Hit,
-            &cx,
-            Some(object.fresh_until()),
-            false,
-        )
-        .status;
+        let (cx, status) = hit_status(generation, &object, &primary);
         ctx.cache = Some(cx);
-
-        let mut header = Box::new(object.header().clone());
-        header.insert_header(http::header::AGE, object.age(now))?;
-        header.set_version(http::Version::HTTP_11);
-        if header.status == http::StatusCode::OK {
-            // pingora-cache's range filter advertises ranges on every whole
-            // 200 it could have served a range of (as nginx does).
-            header.insert_header(http::header::ACCEPT_RANGES, "bytes")?;
-        }
-        let req = session.req_header();
-        downstream_headers(req.version, &mut header, ctx, Some(status))?;
-        let head = req.method == http::Method::HEAD;
+        let header = hit_header(&object, now, generation, &ctx.request_id, status)?;
+        let head = session.req_header().method == http::Method::HEAD;
         session.write_response_header(header, head).await?;
         if !head {
             session

@@ -1,6 +1,7 @@
 //! Request checks and forwarding headers.
 
 use super::errors::Refusal;
+use crate::cache::key::HeaderValues;
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, VIA,
 };
@@ -11,9 +12,8 @@ use policies::{Route, RouteId, RouteTable};
 use std::net::IpAddr;
 
 /// The client's request id when it is sane, else a fresh UUID.
-pub fn request_id(req: &RequestHeader, header: &http::HeaderName) -> String {
-    if let Some(v) = req.headers.get(header) {
-        let b = v.as_bytes();
+pub fn request_id<R: HeaderValues + ?Sized>(req: &R, header: &http::HeaderName) -> String {
+    if let Some(b) = req.first(header.as_str()) {
         if !b.is_empty() && b.len() <= 200 && b.iter().all(|c| c.is_ascii_graphic()) {
             // Checked graphic ASCII above.
             return String::from_utf8_lossy(b).into_owned();
@@ -36,7 +36,7 @@ fn raw_has_content_length(raw: &[u8]) -> bool {
 /// Whether the path holds `.` or `..` segments (raw or percent-encoded):
 /// routes match on the raw path while origins normalise it, so
 /// `/public/../admin` could slip past a route boundary.
-fn has_dot_segments(path: &str) -> bool {
+pub(super) fn has_dot_segments(path: &str) -> bool {
     const DOTS: [&str; 6] = [".", "..", "%2e", "%2e%2e", ".%2e", "%2e."];
     path.split('/')
         .any(|seg| DOTS.iter().any(|d| seg.eq_ignore_ascii_case(d)))

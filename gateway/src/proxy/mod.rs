@@ -19,6 +19,7 @@
 pub mod errors;
 mod fresh;
 mod headers;
+pub mod lane;
 mod transform;
 
 use crate::cache::{self as edge_cache, CacheCtx};
@@ -259,10 +260,10 @@ const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-stat
 fn downstream_headers(
     version: http::Version,
     resp: &mut ResponseHeader,
-    ctx: &RequestCtx,
+    hot: &crate::state::HotValues,
+    request_id: &str,
     cache_status: Option<String>,
 ) -> Result<()> {
-    let hot = &ctx.generation.hot;
     let hop = if version == http::Version::HTTP_2 {
         &hot.via_h2
     } else {
@@ -270,7 +271,7 @@ fn downstream_headers(
     };
     let via = headers::via_appended(&resp.headers, hop);
     resp.insert_header(http::header::VIA, via)?;
-    resp.insert_header(hot.request_id_header.clone(), ctx.request_id.as_str())?;
+    resp.insert_header(hot.request_id_header.clone(), request_id)?;
     if let Some(status) = cache_status {
         resp.insert_header(CACHE_STATUS, status)?;
         for h in edge_cache::storage::TAG_HEADERS {
@@ -547,7 +548,13 @@ impl ProxyHttp for EdgeProxy {
             )
             .status
         });
-        downstream_headers(session.req_header().version, resp, ctx, cache_status)
+        downstream_headers(
+            session.req_header().version,
+            resp,
+            &ctx.generation.hot,
+            &ctx.request_id,
+            cache_status,
+        )
     }
 
     async fn upstream_response_filter(

@@ -8,6 +8,7 @@ mod harness;
 mod cache;
 mod filters;
 mod health;
+mod lane;
 mod process;
 mod proxy;
 mod reload;

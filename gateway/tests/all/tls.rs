@@ -278,3 +278,40 @@ async fn filters_see_the_client_sni() {
     assert_eq!(r.status(), 200);
     assert_eq!(o.last().headers["x-sni"], "[b.test]");
 }
+
+/// Cache hits over TLS: HTTP/1.1 (ALPN `http/1.1`) hits take the hit lane
+/// with the `https` key the fill was stored under; h2 hits are Pingora's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_hits_take_the_lane_on_http1_and_pingora_on_h2() {
+    let origin = crate::cache::Scripted::start().await;
+    origin.set("/c", crate::cache::Reply::ok("max-age=60", "cached"));
+    let dir = tempfile::tempdir().unwrap();
+    edgegate::tls::write_dev_certificate(dir.path(), &["a.test".into()]).unwrap();
+    edgegate::tls::write_dev_certificate(dir.path(), &["b.test".into()]).unwrap();
+    let config = format!("{}[routes.cache]\n", tls_config(origin.addr));
+    let gw = Gateway::start_in(dir, &config).await;
+    let lane_hits = || gw.shared.metrics.cache_lane_hits.get();
+    let url = format!("https://a.test:{}/c", gw.http.port());
+    let client = |h1: bool| {
+        let b = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .resolve("a.test", gw.http);
+        if h1 { b.http1_only() } else { b }.build().unwrap()
+    };
+    let h1 = client(true);
+    for _ in 0..3 {
+        let r = h1.get(&url).send().await.unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_11);
+        assert_eq!(r.text().await.unwrap(), "cached");
+    }
+    assert_eq!(origin.hits("/c"), 1);
+    assert_eq!(lane_hits(), 2, "both hits over TLS HTTP/1.1 took the lane");
+    let r = client(false).get(&url).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert!(r.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .starts_with("tls-pop; hit"));
+    assert_eq!(r.text().await.unwrap(), "cached");
+    assert_eq!(lane_hits(), 2, "h2 is Pingora's");
+}

@@ -1,0 +1,339 @@
+//! The hit lane (`proxy::lane`): plain fresh hits answered before Pingora's
+//! session, shown on raw HTTP/1.1 connections against the scripted origin.
+//! Its counter (`edgegate_cache_lane_hits_total`) tells which path answered.
+
+use crate::cache::{Reply, Scripted};
+use crate::harness::{client, simple_config, Gateway};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One response read off a raw connection.
+#[derive(Debug)]
+struct Answer {
+    status_line: String,
+    /// Fields in wire order, names as sent.
+    fields: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn status(&self) -> u16 {
+        self.status_line[9..12].parse().unwrap()
+    }
+}
+
+/// A raw keep-alive HTTP/1.1 connection.
+struct Conn {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(gw: &Gateway) -> Conn {
+        Conn {
+            s: TcpStream::connect(gw.http).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).await.unwrap();
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut chunk))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// Reads one response (`head`: to a HEAD request, so no body).
+    async fn answer(&mut self, head: bool) -> Answer {
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            assert!(self.fill().await, "connection closed before a response");
+        };
+        let text = String::from_utf8(self.buf[..end].to_vec()).unwrap();
+        self.buf.drain(..end + 4);
+        let mut lines = text.split("\r\n");
+        let status_line = lines.next().unwrap().to_string();
+        let fields: Vec<(String, String)> = lines
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap();
+                (n.to_string(), v.trim().to_string())
+            })
+            .collect();
+        let mut answer = Answer {
+            status_line,
+            fields,
+            body: Vec::new(),
+        };
+        let len: usize = if head {
+            0
+        } else {
+            answer
+                .field("content-length")
+                .map_or(0, |v| v.parse().unwrap())
+        };
+        while self.buf.len() < len {
+            assert!(self.fill().await, "connection closed inside a body");
+        }
+        answer.body = self.buf.drain(..len).collect();
+        answer
+    }
+
+    /// Whether the gateway closed the connection (nothing more to read).
+    async fn closed(&mut self) -> bool {
+        self.buf.is_empty() && !self.fill().await
+    }
+}
+
+fn get(path: &str, extra: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: lane.test\r\n{extra}\r\n").into_bytes()
+}
+
+fn lane_hits(gw: &Gateway) -> u64 {
+    gw.shared.metrics.cache_lane_hits.get()
+}
+
+async fn gateway(origin: &Scripted, server_extra: &str) -> Gateway {
+    Gateway::start(&config(origin, server_extra)).await
+}
+
+fn config(origin: &Scripted, server_extra: &str) -> String {
+    simple_config(&[origin.addr], "[routes.cache]\n")
+        .replace("[server]\n", &format!("[server]\n{server_extra}\n"))
+}
+
+fn scripted_object(origin: &Scripted) {
+    origin.set(
+        "/p",
+        Reply::ok("max-age=60", "plain")
+            .header("etag", "\"v1\"")
+            .header("surrogate-key", "t1")
+            .header("x-origin", "kept")
+            .header("X-Mixed-Case", "as sent")
+            .header("via", "1.1 upstream-cdn")
+            .header("x-request-id", "the-fill-request")
+            .header("age", "3"),
+    );
+}
+
+/// A lane answer carries exactly what Pingora's answer for the same stored
+/// object carries (field names in the same case), and `server.hit_lane =
+/// false` turns the lane off at reload.
+#[tokio::test]
+async fn the_hit_lane_answers_a_plain_hit_as_pingora_would() {
+    let origin = Scripted::start().await;
+    scripted_object(&origin);
+    let gw = gateway(&origin, "").await;
+    let mut c = Conn::open(&gw).await;
+    c.send(&get("/p", "")).await;
+    let fill = c.answer(false).await;
+    assert_eq!(
+        fill.field("cache-status"),
+        Some("test-pop; fwd=uri-miss; fwd-status=200; stored")
+    );
+    assert_eq!(lane_hits(&gw), 0, "a miss is Pingora's");
+
+    let ask = get("/p", "X-Request-Id: client-id-7\r\nAccept: */*\r\n");
+    c.send(&ask).await;
+    let lane = c.answer(false).await;
+    assert_eq!(lane_hits(&gw), 1);
+
+    gw.rewrite(&config(&origin, "hit_lane = false"));
+    let r = client()
+        .post(gw.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut c = Conn::open(&gw).await;
+    c.send(&ask).await;
+    let pingora = c.answer(false).await;
+    assert_eq!(lane_hits(&gw), 1, "the lane is off after the reload");
+    assert_eq!(origin.hits("/p"), 1, "both answers came from the store");
+
+    // `Age`, `Date` and `Cache-Status`'s `ttl` are per response (the two
+    // may straddle a second); each is checked below.
+    let comparable = |a: &Answer| {
+        let mut f: Vec<(String, String)> = a
+            .fields
+            .iter()
+            .filter(|(n, _)| !matches!(n.as_str(), "Age" | "Date" | "cache-status"))
+            .cloned()
+            .collect();
+        f.sort();
+        f
+    };
+    assert_eq!(lane.status_line, pingora.status_line);
+    assert_eq!(comparable(&lane), comparable(&pingora));
+    assert_eq!(lane.body, pingora.body);
+    for a in [&lane, &pingora] {
+        assert_eq!(a.body, b"plain");
+        assert!(a.field("Date").is_some());
+        let age: u64 = a.field("Age").unwrap().parse().unwrap();
+        assert!((3..=5).contains(&age), "Age counts the stored one: {age}");
+        assert_eq!(a.field("x-request-id"), Some("client-id-7"));
+        assert_eq!(a.field("via"), Some("1.1 upstream-cdn, 1.1 test-pop"));
+        assert_eq!(a.field("X-Mixed-Case"), Some("as sent"));
+        assert_eq!(a.field("surrogate-key"), None, "purge tags stay private");
+        assert_eq!(a.field("Connection"), Some("keep-alive"));
+        assert_eq!(a.field("Accept-Ranges"), Some("bytes"));
+        assert!(a
+            .field("cache-status")
+            .unwrap()
+            .starts_with("test-pop; hit; ttl="));
+        assert_eq!(
+            a.fields.iter().filter(|(n, _)| n == "x-request-id").count(),
+            1,
+            "the stored request id is replaced, not repeated"
+        );
+    }
+    // The lane's answer counts as a hit like any other.
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("edgegate_cache_requests_total{result=\"hit\",route=\"all\"} 2"),
+        "{m}"
+    );
+    assert!(m.contains("edgegate_cache_lane_hits_total 1"), "{m}");
+}
+
+/// On one keep-alive connection, lane hits and everything Pingora answers
+/// (misses, ranges, conditionals, malformed requests) take turns, in order,
+/// pipelined or not.
+#[tokio::test]
+async fn the_hit_lane_and_pingora_share_a_connection_in_order() {
+    let origin = Scripted::start().await;
+    scripted_object(&origin);
+    origin.set("/q", Reply::ok("no-store", "from the origin"));
+    let gw = gateway(&origin, "").await;
+    let mut c = Conn::open(&gw).await;
+    c.send(&get("/p", "")).await;
+    assert_eq!(c.answer(false).await.body, b"plain");
+
+    // Hit, then a miss Pingora fetches, then a hit again: the connection
+    // comes back to the lane after Pingora's turn.
+    c.send(&get("/p", "")).await;
+    assert_eq!(c.answer(false).await.body, b"plain");
+    assert_eq!(lane_hits(&gw), 1);
+    c.send(&get("/q", "")).await;
+    assert_eq!(c.answer(false).await.body, b"from the origin");
+    c.send(&get("/p", "")).await;
+    assert_eq!(c.answer(false).await.body, b"plain");
+    assert_eq!(lane_hits(&gw), 2);
+
+    // Ranges and conditionals are pingora-cache's, from the same object.
+    c.send(&get("/p", "Range: bytes=0-1\r\n")).await;
+    let range = c.answer(false).await;
+    assert_eq!((range.status(), &range.body[..]), (206, &b"pl"[..]));
+    c.send(&get("/p", "If-None-Match: \"v1\"\r\n")).await;
+    assert_eq!(c.answer(true).await.status(), 304);
+    assert_eq!(lane_hits(&gw), 2);
+
+    // Pipelined hits are answered in order, in one go.
+    let mut three = get("/p", "X-Request-Id: one\r\n");
+    three.extend(get("/p", "X-Request-Id: two\r\n"));
+    three.extend(b"HEAD /p HTTP/1.1\r\nHost: lane.test\r\nX-Request-Id: three\r\n\r\n".to_vec());
+    c.send(&three).await;
+    for (id, head) in [("one", false), ("two", false), ("three", true)] {
+        let a = c.answer(head).await;
+        assert_eq!(a.field("x-request-id"), Some(id));
+        assert_eq!(a.field("content-length"), Some("5"));
+        assert_eq!(a.body, if head { &b""[..] } else { &b"plain"[..] });
+    }
+    assert_eq!(lane_hits(&gw), 5);
+
+    // A hit pipelined ahead of a miss: the lane answers the first and hands
+    // the bytes it read of the second to Pingora.
+    let mut pair = get("/p", "");
+    pair.extend(get("/q", ""));
+    c.send(&pair).await;
+    assert_eq!(c.answer(false).await.body, b"plain");
+    assert_eq!(c.answer(false).await.body, b"from the origin");
+    assert_eq!(lane_hits(&gw), 6);
+    assert_eq!(origin.hits("/q"), 2);
+
+    // A cached path asked with ambiguous framing is refused by Pingora's
+    // checks, never answered from the store or forwarded, and the connection
+    // is closed.
+    c.send(b"GET /p HTTP/1.1\r\nHost: lane.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        .await;
+    assert_eq!(c.answer(false).await.status(), 400);
+    assert!(c.closed().await);
+    assert_eq!(lane_hits(&gw), 6);
+    assert_eq!(origin.hits("/p"), 1, "only the fill reached the origin");
+}
+
+/// What the lane leaves to Pingora, request by request: each is answered
+/// correctly and none is counted as a lane hit.
+#[tokio::test]
+async fn requests_the_lane_does_not_own_go_to_pingora() {
+    let origin = Scripted::start().await;
+    scripted_object(&origin);
+    let gw = gateway(&origin, "").await;
+    let mut c = Conn::open(&gw).await;
+    c.send(&get("/p", "")).await;
+    c.answer(false).await;
+    let cases: [(&[u8], u16); 6] = [
+        // Client revalidation is the route's call (not honoured here).
+        (
+            b"GET /p HTTP/1.1\r\nHost: lane.test\r\nCache-Control: no-cache\r\n\r\n",
+            200,
+        ),
+        // HTTP/1.0: Pingora decides keep-alive.
+        (
+            b"GET /p HTTP/1.0\r\nHost: lane.test\r\nConnection: keep-alive\r\n\r\n",
+            200,
+        ),
+        // Absolute-form target.
+        (
+            b"GET http://lane.test/p HTTP/1.1\r\nHost: lane.test\r\n\r\n",
+            200,
+        ),
+        // Dot segments are refused before routing.
+        (b"GET /x/../p HTTP/1.1\r\nHost: lane.test\r\n\r\n", 400),
+        // Two Host fields.
+        (
+            b"GET /p HTTP/1.1\r\nHost: lane.test\r\nHost: other.test\r\n\r\n",
+            400,
+        ),
+        // A body on a GET.
+        (
+            b"GET /p HTTP/1.1\r\nHost: lane.test\r\nContent-Length: 2\r\n\r\nhi",
+            200,
+        ),
+    ];
+    for (request, status) in cases {
+        let mut c = Conn::open(&gw).await;
+        c.send(request).await;
+        let a = c.answer(false).await;
+        assert_eq!(
+            a.status(),
+            status,
+            "{}: {a:?}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    assert_eq!(lane_hits(&gw), 0);
+    // And `Connection: close` is honoured: answered, then closed.
+    let mut c = Conn::open(&gw).await;
+    c.send(&get("/p", "Connection: close\r\n")).await;
+    let a = c.answer(false).await;
+    assert_eq!((a.status(), a.field("connection")), (200, Some("close")));
+    assert!(c.closed().await);
+    assert_eq!(lane_hits(&gw), 0);
+}
