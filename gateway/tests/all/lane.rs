@@ -337,3 +337,41 @@ async fn requests_the_lane_does_not_own_go_to_pingora() {
     assert!(c.closed().await);
     assert_eq!(lane_hits(&gw), 0);
 }
+
+/// The serialised head leaves out the request-id field by the name current
+/// when it was made; after a reload renames the header, lane answers stay
+/// what Pingora would send.
+#[tokio::test]
+async fn a_renamed_request_id_header_holds_after_a_reload() {
+    let origin = Scripted::start().await;
+    scripted_object(&origin); // carries `x-request-id` from its fill
+    origin.set("/bare", Reply::ok("max-age=60", "bare"));
+    let gw = gateway(&origin, "").await;
+    let mut c = Conn::open(&gw).await;
+    for path in ["/p", "/bare", "/p", "/bare"] {
+        c.send(&get(path, "")).await;
+        c.answer(false).await;
+    }
+    assert_eq!(lane_hits(&gw), 2, "both heads serialised");
+
+    gw.rewrite(&config(&origin, "request_id_header = \"x-trace-id\""));
+    let r = client()
+        .post(gw.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // An object without either field: still the lane's, with the new name.
+    c.send(&get("/bare", "X-Trace-Id: t-1\r\n")).await;
+    let a = c.answer(false).await;
+    assert_eq!(lane_hits(&gw), 3);
+    assert_eq!(a.field("x-trace-id"), Some("t-1"));
+    assert_eq!(a.field("x-request-id"), None);
+    // An object carrying the old name: Pingora's, which keeps that field
+    // (it is no longer the request id) and adds the new one.
+    c.send(&get("/p", "X-Trace-Id: t-2\r\n")).await;
+    let a = c.answer(false).await;
+    assert_eq!(lane_hits(&gw), 3);
+    assert_eq!(a.field("x-trace-id"), Some("t-2"));
+    assert_eq!(a.field("x-request-id"), Some("the-fill-request"));
+}
