@@ -434,7 +434,9 @@ impl<'h, 'b> PlainHead<'h, 'b> {
             _ => return None,
         };
         let target = req.path?;
-        if req.version? != 1 || !target.starts_with('/') {
+        // A fragment has no business in a request target; what `Uri` makes
+        // of one is Pingora's to decide.
+        if req.version? != 1 || !target.starts_with('/') || target.contains('#') {
             return None;
         }
         // What `http::Uri` accepts as an origin-form target, as Pingora

@@ -506,25 +506,13 @@ async fn filter_reload_applies_new_config_and_rejects_a_bad_component() {
         "one"
     );
     gw.rewrite(&cfg("two", &wasm("headers")));
-    assert_eq!(
-        client()
-            .post(gw.admin_url("/admin/reload"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(gw.reload().await.status(), 200);
     assert_eq!(
         client().get(gw.url("/")).send().await.unwrap().headers()["x-version"],
         "two"
     );
     gw.rewrite(&cfg("three", &wasm("no_export")));
-    let r = client()
-        .post(gw.admin_url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.reload().await;
     assert_eq!(r.status(), 409);
     assert!(r.text().await.unwrap().contains("no_export.wasm"));
     assert_eq!(

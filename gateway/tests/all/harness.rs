@@ -287,6 +287,15 @@ impl Gateway {
         format!("http://{}{}", self.admin, path)
     }
 
+    /// `POST /admin/reload`.
+    pub async fn reload(&self) -> reqwest::Response {
+        client()
+            .post(self.admin_url("/admin/reload"))
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Rewrites the config file from `template` (same placeholders).
     pub fn rewrite(&self, template: &str) {
         let text = fill(

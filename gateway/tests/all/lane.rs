@@ -3,7 +3,7 @@
 //! Its counter (`edgegate_cache_lane_hits_total`) tells which path answered.
 
 use crate::cache::{Reply, Scripted};
-use crate::harness::{client, simple_config, Gateway};
+use crate::harness::{simple_config, Gateway};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -132,17 +132,24 @@ fn scripted_object(origin: &Scripted) {
     );
 }
 
-/// A lane answer carries exactly what Pingora's answer for the same stored
-/// object carries (field names in the same case), and `server.hit_lane =
-/// false` turns the lane off at reload.
-#[tokio::test]
-async fn the_hit_lane_answers_a_plain_hit_as_pingora_would() {
+/// The scripted object, a gateway caching it, and a connection that filled
+/// the cache with its first request (a miss, Pingora's).
+async fn filled() -> (Scripted, Gateway, Conn, Answer) {
     let origin = Scripted::start().await;
     scripted_object(&origin);
     let gw = gateway(&origin, "").await;
     let mut c = Conn::open(&gw).await;
     c.send(&get("/p", "")).await;
     let fill = c.answer(false).await;
+    (origin, gw, c, fill)
+}
+
+/// A lane answer carries exactly what Pingora's answer for the same stored
+/// object carries (field names in the same case), and `server.hit_lane =
+/// false` turns the lane off at reload.
+#[tokio::test]
+async fn the_hit_lane_answers_a_plain_hit_as_pingora_would() {
+    let (origin, gw, mut c, fill) = filled().await;
     assert_eq!(
         fill.field("cache-status"),
         Some("test-pop; fwd=uri-miss; fwd-status=200; stored")
@@ -155,11 +162,7 @@ async fn the_hit_lane_answers_a_plain_hit_as_pingora_would() {
     assert_eq!(lane_hits(&gw), 1);
 
     gw.rewrite(&config(&origin, "hit_lane = false"));
-    let r = client()
-        .post(gw.admin_url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.reload().await;
     assert_eq!(r.status(), 200);
     let mut c = Conn::open(&gw).await;
     c.send(&ask).await;
@@ -217,13 +220,9 @@ async fn the_hit_lane_answers_a_plain_hit_as_pingora_would() {
 /// pipelined or not.
 #[tokio::test]
 async fn the_hit_lane_and_pingora_share_a_connection_in_order() {
-    let origin = Scripted::start().await;
-    scripted_object(&origin);
+    let (origin, gw, mut c, fill) = filled().await;
+    assert_eq!(fill.body, b"plain");
     origin.set("/q", Reply::ok("no-store", "from the origin"));
-    let gw = gateway(&origin, "").await;
-    let mut c = Conn::open(&gw).await;
-    c.send(&get("/p", "")).await;
-    assert_eq!(c.answer(false).await.body, b"plain");
 
     // Hit, then a miss Pingora fetches, then a hit again: the connection
     // comes back to the lane after Pingora's turn.
@@ -282,13 +281,10 @@ async fn the_hit_lane_and_pingora_share_a_connection_in_order() {
 /// correctly and none is counted as a lane hit.
 #[tokio::test]
 async fn requests_the_lane_does_not_own_go_to_pingora() {
-    let origin = Scripted::start().await;
-    scripted_object(&origin);
-    let gw = gateway(&origin, "").await;
-    let mut c = Conn::open(&gw).await;
-    c.send(&get("/p", "")).await;
-    c.answer(false).await;
-    let cases: [(&[u8], u16); 6] = [
+    let (_origin, gw, _, _) = filled().await;
+    let cases: [(&[u8], u16); 7] = [
+        // A fragment in the target.
+        (b"GET /p#frag HTTP/1.1\r\nHost: lane.test\r\n\r\n", 200),
         // Client revalidation is the route's call (not honoured here).
         (
             b"GET /p HTTP/1.1\r\nHost: lane.test\r\nCache-Control: no-cache\r\n\r\n",
@@ -355,11 +351,7 @@ async fn a_renamed_request_id_header_holds_after_a_reload() {
     assert_eq!(lane_hits(&gw), 2, "both heads serialised");
 
     gw.rewrite(&config(&origin, "request_id_header = \"x-trace-id\""));
-    let r = client()
-        .post(gw.admin_url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.reload().await;
     assert_eq!(r.status(), 200);
     // An object without either field: still the lane's, with the new name.
     c.send(&get("/bare", "X-Trace-Id: t-1\r\n")).await;

@@ -48,11 +48,7 @@ async fn good_reload_swaps_routes_bad_reload_keeps_serving() {
     );
 
     gw.rewrite(&two_route_config(a.addr, b.addr, "b"));
-    let r = client()
-        .post(gw.admin_url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.reload().await;
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["config_generation"], 2);
@@ -71,11 +67,7 @@ async fn good_reload_swaps_routes_bad_reload_keeps_serving() {
         &two_route_config(a.addr, b.addr, "b")
             .replace("name = \"beta\"", "name = \"beta\"\npath_prefx = \"/x\""),
     );
-    let r = client()
-        .post(gw.admin_url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.reload().await;
     assert_eq!(r.status(), 409);
     let body: serde_json::Value = r.json().await.unwrap();
     let err = body["error"].as_str().unwrap();
@@ -101,25 +93,13 @@ async fn good_reload_swaps_routes_bad_reload_keeps_serving() {
 
     // A route to a group that does not exist: also rejected.
     gw.rewrite(&two_route_config(a.addr, b.addr, "nope"));
-    assert_eq!(
-        client()
-            .post(gw.admin_url("/admin/reload"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        409
-    );
+    assert_eq!(gw.reload().await.status(), 409);
     // Listener changes need a restart: rejected, not half-applied.
     gw.rewrite(
         &two_route_config(a.addr, b.addr, "b")
             .replace("listen = \"{listen}\"", "listen = \"{listen1}\""),
     );
-    let r = client()
-        .post(gw.admin_url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.reload().await;
     assert_eq!(r.status(), 409);
     assert!(r.text().await.unwrap().contains("restart"));
     assert_eq!(
@@ -163,11 +143,7 @@ async fn reload_under_load_fails_no_request() {
     for i in 0..20 {
         let target = if i % 2 == 0 { "b" } else { "a" };
         gw.rewrite(&two_route_config(a.addr, b.addr, target));
-        let r = client()
-            .post(gw.admin_url("/admin/reload"))
-            .send()
-            .await
-            .unwrap();
+        let r = gw.reload().await;
         assert_eq!(r.status(), 200);
         tokio::time::sleep(Duration::from_millis(40)).await;
     }

@@ -181,24 +181,12 @@ async fn sni_chooses_the_certificate_h2_by_alpn_and_certs_reload() {
     edgegate::tls::write_dev_certificate(gw.dir.path(), &["b.test".into()]).unwrap();
     let new_b = der_of(&gw.dir.path().join("b.test.crt"));
     assert_ne!(new_b, b_der);
-    assert_eq!(
-        client()
-            .post(gw.admin_url("/admin/reload"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(gw.reload().await.status(), 200);
     assert_eq!(handshake(gw.http, "b.test", all).await.cert, new_b);
 
     // A broken key on disk: reload rejected, old certificate kept.
     std::fs::write(gw.dir.path().join("b.test.key"), "not a key").unwrap();
-    let r = client()
-        .post(gw.admin_url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.reload().await;
     assert_eq!(r.status(), 409);
     assert!(r.text().await.unwrap().contains("b.test.key"));
     assert_eq!(handshake(gw.http, "b.test", all).await.cert, new_b);
