@@ -41,9 +41,8 @@ fn main() {
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .unwrap_or_else(|e| fail(&listen, e));
-        let origin: Option<&'static str> = mode
-            .strip_prefix("proxy:")
-            .map(|o| &*o.to_string().leak());
+        let origin: Option<&'static str> =
+            mode.strip_prefix("proxy:").map(|o| &*o.to_string().leak());
         let answer = static_answer(mode.parse().unwrap_or(1024));
         loop {
             let Ok((s, _)) = listener.accept().await else {

@@ -247,7 +247,7 @@ async fn send(gw: &Gateway, method: reqwest::Method, path: &str, headers: &[(&st
     }
 }
 
-async fn purge(gw: &Gateway, query: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+pub async fn purge(gw: &Gateway, query: &str, token: Option<&str>) -> (u16, serde_json::Value) {
     let mut rb = client().post(gw.admin_url(&format!("/admin/purge?{query}")));
     if let Some(t) = token {
         rb = rb.bearer_auth(t);

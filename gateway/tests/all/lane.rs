@@ -367,3 +367,75 @@ async fn a_renamed_request_id_header_holds_after_a_reload() {
     assert_eq!(a.field("x-trace-id"), Some("t-2"));
     assert_eq!(a.field("x-request-id"), Some("the-fill-request"));
 }
+
+/// A purge takes effect on the lane's next answer: the lane reads the
+/// store's freshness like pingora-cache does, soft purges included.
+#[tokio::test]
+async fn purges_reach_the_lane_at_once() {
+    let (origin, gw, mut c, _) = filled().await;
+    c.send(&get("/p", "")).await;
+    c.answer(false).await;
+    assert_eq!(lane_hits(&gw), 1);
+    let mut hits = 1;
+    for soft in ["0", "1"] {
+        let query = format!("url=http%3A%2F%2Flane.test%2Fp&soft={soft}");
+        let (status, _) = crate::cache::purge(&gw, &query, None).await;
+        assert_eq!(status, 200);
+        let before = origin.hits("/p");
+        c.send(&get("/p", "")).await;
+        assert_eq!(c.answer(false).await.body, b"plain");
+        assert_eq!(
+            origin.hits("/p"),
+            before + 1,
+            "purged (soft={soft}): fetched again"
+        );
+        assert_eq!(lane_hits(&gw), hits, "a purged object is not the lane's");
+        c.send(&get("/p", "")).await;
+        c.answer(false).await;
+        hits += 1;
+        assert_eq!(lane_hits(&gw), hits, "the new copy is");
+    }
+}
+
+/// Keep-alive clients hit a cached object through the lane while the
+/// config reloads, the lane switching off and on: no request fails, and
+/// every answer is the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_lane_load_fail_no_request() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let (origin, gw, _, _) = filled().await;
+    let gw = Arc::new(gw);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (gw, stop, ok, failed) = (gw.clone(), stop.clone(), ok.clone(), failed.clone());
+        workers.push(tokio::spawn(async move {
+            let mut c = Conn::open(&gw).await;
+            while !stop.load(Ordering::SeqCst) {
+                c.send(&get("/p", "")).await;
+                let a = c.answer(false).await;
+                if a.status() == 200 && a.body == b"plain" {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    for i in 0..10 {
+        let lane = if i % 2 == 0 { "hit_lane = false" } else { "" };
+        gw.rewrite(&config(&origin, lane));
+        assert_eq!(gw.reload().await.status(), 200);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert!(ok.load(Ordering::SeqCst) > 50, "load ran");
+    assert_eq!(failed.load(Ordering::SeqCst), 0);
+    assert!(lane_hits(&gw) > 0, "the lane answered some of them");
+    assert_eq!(origin.hits("/p"), 1, "every answer came from the store");
+}
