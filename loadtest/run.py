@@ -15,10 +15,12 @@ Prints per-round numbers and the edgegate/nginx ratios (medians). When the
 bare_pingora), a bare Pingora proxy with no edgegate logic runs too, as the
 floor edgegate stands on (with the upstream connect/read/write timeouts every
 edgegate route has: ~0.8 µs/request of Pingora's timer work, session 4).
-When the `tokio_floor` example is built, it runs too in its proxy mode: a
-bare tokio + httparse proxy forwarding request heads unchanged over one
-keep-alive upstream connection per client connection, the least any
-tokio-based HTTP/1.1 proxy can cost (reported, not a peer).
+When the `tokio_floor` example is built, it runs too, twice (reported, not
+peers): `tokio`, a bare tokio + httparse proxy forwarding request heads
+unchanged over one keep-alive upstream connection per client connection,
+the least any tokio-based HTTP/1.1 proxy can cost; and `edge`, the same
+doing edgegate's per-request header work with a shared per-thread upstream
+pool and timeouts, what a proxy path of edgegate's own would start from.
 
 Usage: python3 loadtest/run.py [--workers 1] [--duration 10] [--rounds 3]
                                [--connections 64] [--out loadtest/out/result.json]
@@ -246,12 +248,13 @@ def main():
             targets["pingora"] = (f"http://127.0.0.1:{b_port}", lambda: [bp.pid])
         tokio_bin = os.path.join(os.path.dirname(binary), "examples/tokio_floor")
         if os.path.exists(tokio_bin) and args.workers == 1:
-            t_port = free_port()
-            tp = subprocess.Popen([tokio_bin, f"127.0.0.1:{t_port}", f"proxy:127.0.0.1:{o_port}"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            procs.append(tp)
-            wait_http(f"http://127.0.0.1:{t_port}/small")
-            targets["tokio"] = (f"http://127.0.0.1:{t_port}", lambda: [tp.pid])
+            for floor, mode in (("tokio", "proxy"), ("edge", "edge")):
+                t_port = free_port()
+                tp = subprocess.Popen([tokio_bin, f"127.0.0.1:{t_port}", f"{mode}:127.0.0.1:{o_port}"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                procs.append(tp)
+                wait_http(f"http://127.0.0.1:{t_port}/small")
+                targets[floor] = (f"http://127.0.0.1:{t_port}", lambda tp=tp: [tp.pid])
         # Warm-up: connection pools, page cache, CPU frequency.
         for name, (url, _) in targets.items():
             subprocess.run(["wrk", "-t1", "-c16", "-d2s", url + "/small"], capture_output=True)
@@ -280,12 +283,12 @@ def main():
             for key in keys:
                 e, n = med("edgegate", tool, key), med("nginx", tool, key)
                 summary[f"{tool}.{key}"] = {"edgegate": e, "nginx": n, "ratio": e / n if n else None}
-                for floor in ("pingora", "tokio"):
+                for floor in ("pingora", "tokio", "edge"):
                     if floor in results:
                         summary[f"{tool}.{key}"][floor] = med(floor, tool, key)
         print()
         print(f"medians over {args.rounds} rounds, {args.workers} worker(s) each, {args.duration}s per run")
-        floors = [f for f in ("pingora", "tokio") if f in results]
+        floors = [f for f in ("pingora", "tokio", "edge") if f in results]
         print(f"{'metric':22s} {'edgegate':>10s} {'nginx':>10s} {'edgegate/nginx':>15s}"
               + "".join(f" {'bare ' + f:>13s} {f + '/nginx':>14s}" for f in floors))
         for k, v in summary.items():
