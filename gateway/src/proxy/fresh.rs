@@ -137,7 +137,7 @@ pub(super) fn hit_status(
 /// The response header of a fresh hit on HTTP/1.1: what pingora-cache
 /// sends for it (the stored header, `Age`, `Accept-Ranges` on a `200`)
 /// plus edgegate's downstream headers.
-pub(super) fn hit_header(
+fn hit_header(
     object: &Object,
     now: SystemTime,
     generation: &Generation,

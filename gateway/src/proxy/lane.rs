@@ -4,7 +4,7 @@
 //! [`EdgeApp`] is the proxy service's Pingora [`ServerApp`]. It wraps
 //! edgegate's [`HttpProxy`] and gives each HTTP/1.x connection one cheap
 //! look at every request head first. A request the lane can answer
-//! entirely from the store — a plain fresh hit, as [`super::fresh`]
+//! entirely from the store — a plain fresh hit, as `super::fresh`
 //! defines it — is answered right there. Anything else goes to Pingora
 //! unchanged: the bytes already read become the session's pipelined
 //! prefix (Pingora's own mechanism for bytes read ahead of a session), and
@@ -51,7 +51,7 @@
 //! makes, so both read the same request from the same bytes.
 //!
 //! The answer carries the fields the in-Pingora fast path sets
-//! ([`super::fresh::hit_header`]) and those Pingora's HTTP/1 writer adds
+//! (`fresh::hit_header`) and those Pingora's HTTP/1 writer adds
 //! (`Date`, `Connection`), in the same name case. What every hit of an
 //! object shares — its status line and stored fields — is serialised once
 //! per object ([`HitWire`]); a hit appends its own `Age`, `Via`, request id

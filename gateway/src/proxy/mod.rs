@@ -6,7 +6,7 @@
 //!
 //! 1. `request_filter`: framing checks (request smuggling), route match,
 //!    header and body limits, request id, then the route's request filters
-//!    and, on caching routes, plain fresh hits ([`fresh`]). Anything refused
+//!    and, on caching routes, plain fresh hits (`fresh`). Anything refused
 //!    here is answered by `respond` and never reaches an upstream.
 //! 2. `upstream_peer`: pick a backend not tried yet; `fail_to_connect`
 //!    ejects it passively and fails over; `error_while_proxy` retries
@@ -15,6 +15,10 @@
 //! 4. `fail_to_proxy`: the one place that maps an error to what the client
 //!    sees ([`errors::client_status`]).
 //! 5. `logging`: metrics and the access log.
+//!
+//! In front of all of it, on HTTP/1.x connections, the hit lane ([`lane`])
+//! answers plain fresh cache hits before Pingora builds a session, and hands
+//! every other request to this path unchanged.
 
 pub mod errors;
 mod fresh;
