@@ -39,7 +39,8 @@
 //!   path and query and has no dot segments;
 //! - one valid `Host`, no body framing (`Content-Length`,
 //!   `Transfer-Encoding`), no `Expect`, `Upgrade` or `Connection` other than
-//!   `keep-alive`, no `Cache-Control` or `Pragma`, no range or conditional;
+//!   `keep-alive`, no range or conditional, and no `Cache-Control` or
+//!   `Pragma` when the route honours a client's `no-cache`;
 //! - within the route's header limit, on a caching route without filters;
 //! - a plain fresh hit in the store for its key and variant;
 //! - and the server is not shutting down.
@@ -246,7 +247,10 @@ impl EdgeApp {
         let Some(policy) = route.cache.as_ref() else {
             return Look::Pingora;
         };
-        if !chain.filters.is_empty() || head_len > route.limits.max_header_bytes {
+        if !chain.filters.is_empty()
+            || head_len > route.limits.max_header_bytes
+            || (plain.directives && policy.honor_client_no_cache)
+        {
             return Look::Pingora;
         }
         let host = policies::route::normalize_host(plain.host);
@@ -423,6 +427,9 @@ struct PlainHead<'h, 'b> {
     host: &'b str,
     path: &'b str,
     query: Option<&'b str>,
+    /// It carries `Cache-Control` or `Pragma`: a route that honours a
+    /// client's `no-cache` leaves it to pingora-cache.
+    directives: bool,
     headers: &'h [httparse::Header<'b>],
 }
 
@@ -448,24 +455,25 @@ impl<'h, 'b> PlainHead<'h, 'b> {
         }
         let query = pq.query().map(|q| &target[target.len() - q.len()..]);
         let mut host = None;
+        let mut directives = false;
         for h in req.headers.iter() {
             let name = h.name.as_bytes();
-            let refuse = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-            if refuse("host") {
+            let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+            if is("host") {
                 if host.is_some() || !plain_host(h.value) {
                     return None;
                 }
                 host = std::str::from_utf8(h.value).ok();
-            } else if refuse("connection") {
+            } else if is("connection") {
                 if !h.value.eq_ignore_ascii_case(b"keep-alive") {
                     return None;
                 }
-            } else if refuse("content-length")
-                || refuse("transfer-encoding")
-                || refuse("expect")
-                || refuse("upgrade")
-                || refuse("cache-control")
-                || refuse("pragma")
+            } else if is("cache-control") || is("pragma") {
+                directives = true;
+            } else if is("content-length")
+                || is("transfer-encoding")
+                || is("expect")
+                || is("upgrade")
             {
                 return None;
             }
@@ -475,6 +483,7 @@ impl<'h, 'b> PlainHead<'h, 'b> {
             host: host?,
             path,
             query,
+            directives,
             headers: req.headers,
         };
         no_range_or_conditional(&plain).then_some(plain)
