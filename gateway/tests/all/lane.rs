@@ -467,3 +467,147 @@ async fn client_revalidation_is_the_routes_call_on_the_lane_too() {
     c.answer(false).await;
     assert_eq!(lane_hits(&gw), 3, "without the directive, the lane's again");
 }
+
+/// What one raw request got back, with what differs per response left out
+/// (`Date`, `Age`, the generated request id, `Cache-Status`'s `ttl`).
+async fn probe(addr: std::net::SocketAddr, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 8192];
+    // Until the first response is complete, the peer closes, or it goes
+    // quiet (a request the server is still waiting on).
+    loop {
+        match tokio::time::timeout(Duration::from_millis(400), s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(end)) = resp.parse(&got) {
+            let len: usize = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+                .unwrap_or(0);
+            let head_req = raw.starts_with(b"HEAD");
+            if head_req || got.len() >= end + len {
+                break;
+            }
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(end)) = resp.parse(&got) else {
+        return format!("no complete answer ({} bytes)", got.len());
+    };
+    let mut fields: Vec<String> = resp
+        .headers
+        .iter()
+        .filter(|h| {
+            !["date", "age", "x-request-id"]
+                .iter()
+                .any(|n| h.name.eq_ignore_ascii_case(n))
+        })
+        .map(|h| {
+            let v = String::from_utf8_lossy(h.value);
+            let v = match v.split_once("; ttl=") {
+                Some((before, _)) => before.to_string(),
+                None => v.into_owned(),
+            };
+            format!("{}: {v}", h.name)
+        })
+        .collect();
+    fields.sort();
+    format!(
+        "{} | {} | {}",
+        resp.code.unwrap_or(0),
+        fields.join(" | "),
+        String::from_utf8_lossy(&got[end..])
+    )
+}
+
+/// Differential check of the lane against Pingora's path: odd, malformed
+/// and hostile request heads sent to a gateway with the lane and to one
+/// without, both holding the same object. Every answer must match — the
+/// lane either answers exactly as Pingora would or leaves the request to it.
+#[tokio::test]
+async fn the_lane_and_pingora_agree_on_odd_and_hostile_requests() {
+    let origin = Scripted::start().await;
+    scripted_object(&origin);
+    origin.set(
+        "/v",
+        Reply::ok("max-age=60", "varies").header("vary", "Accept-Encoding"),
+    );
+    let with = gateway(&origin, "").await;
+    let without = gateway(&origin, "hit_lane = false").await;
+    let long = "a".repeat(9000);
+    let cases: Vec<Vec<u8>> = [
+        "GET /p HTTP/1.1\r\nHost: lane.test\r\n\r\n".to_string(),
+        "HEAD /p HTTP/1.1\r\nHost: lane.test\r\n\r\n".into(),
+        "GET /p HTTP/1.1\r\nhOsT: LANE.test:8080\r\n\r\n".into(),
+        "GET /p HTTP/1.1\nHost: lane.test\n\n".into(),
+        "\r\nGET /p HTTP/1.1\r\nHost: lane.test\r\n\r\n".into(),
+        "GET /p HTTP/1.1\r\nHost : lane.test\r\n\r\n".into(),
+        "GET /p HTTP/1.1\r\nHost: lane.test\r\nX-A: b\r\n c\r\n\r\n".into(),
+        "GET /p HTTP/1.1\r\nHost: lane.test\r\nX-A:\tb\t\r\n\r\n".into(),
+        "GET /p HTTP/1.1\r\nHost: lane.test\r\nHost: lane.test\r\n\r\n".into(),
+        "GET /p HTTP/1.1\r\nHost: lane.test.\r\n\r\n".into(),
+        "GET /p HTTP/1.1\r\nHost: user@lane.test\r\n\r\n".into(),
+        "GET /p HTTP/1.1\r\nHost: \r\n\r\n".into(),
+        "GET /p HTTP/1.1\r\n\r\n".into(),
+        "GET http://lane.test/p HTTP/1.1\r\nHost: lane.test\r\n\r\n".into(),
+        "GET http://other.test/p HTTP/1.1\r\nHost: lane.test\r\n\r\n".into(),
+        "GET /p? HTTP/1.1\r\nHost: lane.test\r\n\r\n".into(),
+        "GET /p?a=1&b=2 HTTP/1.1\r\nHost: lane.test\r\n\r\n".into(),
+        "GET /%70 HTTP/1.1\r\nHost: lane.test\r\n\r\n".into(),
+        "GET //p HTTP/1.1\r\nHost: lane.test\r\n\r\n".into(),
+        "GET /./p HTTP/1.1\r\nHost: lane.test\r\n\r\n".into(),
+        "GET /p/%2e%2e/p HTTP/1.1\r\nHost: lane.test\r\n\r\n".into(),
+        "GET /p HTTP/1.0\r\nHost: lane.test\r\n\r\n".into(),
+        "GET /p HTTP/2.0\r\nHost: lane.test\r\n\r\n".into(),
+        "GET  /p HTTP/1.1\r\nHost: lane.test\r\n\r\n".into(),
+        "get /p HTTP/1.1\r\nHost: lane.test\r\n\r\n".into(),
+        "OPTIONS /p HTTP/1.1\r\nHost: lane.test\r\n\r\n".into(),
+        "GET /p HTTP/1.1\r\nHost: lane.test\r\nContent-Length: 0\r\n\r\n".into(),
+        "GET /p HTTP/1.1\r\nHost: lane.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(),
+        "GET /p HTTP/1.1\r\nHost: lane.test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".into(),
+        "GET /p HTTP/1.1\r\nHost: lane.test\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n".into(),
+        "GET /p HTTP/1.1\r\nHost: lane.test\r\nExpect: 100-continue\r\n\r\n".into(),
+        "GET /p HTTP/1.1\r\nHost: lane.test\r\nRange: bytes=1-2\r\n\r\n".into(),
+        "GET /p HTTP/1.1\r\nHost: lane.test\r\nIf-None-Match: \"v1\"\r\n\r\n".into(),
+        "GET /p HTTP/1.1\r\nHost: lane.test\r\nCache-Control: max-age=0\r\n\r\n".into(),
+        format!("GET /p HTTP/1.1\r\nHost: lane.test\r\nX-Long: {long}\r\n\r\n"),
+        "GET /p HTTP/1.1\r\nHost: lane.test\r\nX-Bin: a\u{7f}b\r\n\r\n".into(),
+        "GET /p HTTP/1.1\r\nHost: lane.test\r\nX-Utf8: é\r\n\r\n".into(),
+        "GET /p HTTP/1.1\r\nHost: lane.test\r\nX-Request-Id: has space\r\n\r\n".into(),
+        "GET /p HTTP/1.1\r\nHost: lane.test\r\nX-Request-Id: mine\r\n\r\n".into(),
+        "GET /v HTTP/1.1\r\nHost: lane.test\r\nAccept-Encoding: gzip\r\n\r\n".into(),
+        "GET /v HTTP/1.1\r\nHost: lane.test\r\nAccept-Encoding: gzip\r\n\r\n".into(),
+        "GET /v HTTP/1.1\r\nHost: lane.test\r\nAccept-Encoding: br\r\n\r\n".into(),
+        "GET /v HTTP/1.1\r\nHost: lane.test\r\n\r\n".into(),
+        "GET /p HTTP/1.1\r\nHost: lane.test\r\n".into(),
+        "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".into(),
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .collect();
+    // Both stores hold `/p` before the cases run.
+    for gw in [&with, &without] {
+        probe(gw.http, &cases[0]).await;
+    }
+    let mut differ = Vec::new();
+    for raw in &cases {
+        let (a, b) = (probe(with.http, raw).await, probe(without.http, raw).await);
+        if a != b {
+            differ.push(format!(
+                "{:?}\n  lane:    {a}\n  pingora: {b}",
+                String::from_utf8_lossy(raw)
+            ));
+        }
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+    assert!(lane_hits(&with) >= 10, "the lane answered the plain ones");
+    assert_eq!(lane_hits(&without), 0);
+}
