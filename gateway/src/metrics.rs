@@ -43,6 +43,8 @@ pub struct Metrics {
     pub cache_coalesced: IntCounterVec,
     /// `edgegate_cache_lane_hits_total`: hits the hit lane answered
     pub cache_lane_hits: IntCounter,
+    /// `edgegate_relayed_total`: requests the relay proxied
+    pub relayed: IntCounter,
     /// `edgegate_cache_evictions_total` (brought up to date at scrape time)
     pub cache_evictions: IntCounter,
     /// `edgegate_cache_too_large_total` (brought up to date at scrape time)
@@ -186,6 +188,11 @@ impl Metrics {
             "Fresh hits answered by the hit lane, before Pingora's session \
              (also counted as hits in edgegate_cache_requests_total)",
         )?;
+        let relayed = IntCounter::new(
+            "edgegate_relayed_total",
+            "Requests proxied by the relay, edgegate's own HTTP/1.1 path beside \
+             Pingora's (also counted in edgegate_requests_total)",
+        )?;
         let cache_evictions = IntCounter::new(
             "edgegate_cache_evictions_total",
             "Objects evicted to stay within the cache size",
@@ -215,6 +222,7 @@ impl Metrics {
         registry.register(Box::new(cache_requests.clone()))?;
         registry.register(Box::new(cache_coalesced.clone()))?;
         registry.register(Box::new(cache_lane_hits.clone()))?;
+        registry.register(Box::new(relayed.clone()))?;
         registry.register(Box::new(cache_evictions.clone()))?;
         registry.register(Box::new(cache_too_large.clone()))?;
         registry.register(Box::new(cache_bytes.clone()))?;
@@ -226,6 +234,7 @@ impl Metrics {
             cache_requests,
             cache_coalesced,
             cache_lane_hits,
+            relayed,
             cache_evictions,
             cache_too_large,
             cache_bytes,

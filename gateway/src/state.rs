@@ -106,6 +106,9 @@ pub struct HotValues {
     /// and some route caches without filters. When not, connections go
     /// straight to Pingora and pay nothing for the lane.
     pub hit_lane: bool,
+    /// Whether the relay (`proxy::relay`) can take anything: it is on and
+    /// some route has neither filters nor caching.
+    pub relay: bool,
 }
 
 impl HotValues {
@@ -133,6 +136,12 @@ impl HotValues {
                     .routes()
                     .iter()
                     .any(|r| r.cache.is_some() && r.filters.is_empty()),
+            relay: config.server.relay
+                && config
+                    .routes
+                    .routes()
+                    .iter()
+                    .any(|r| r.cache.is_none() && r.filters.is_empty()),
         })
     }
 }

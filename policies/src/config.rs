@@ -178,6 +178,8 @@ pub struct Server {
     pub h2c: bool,
     /// Answer plain fresh cache hits on HTTP/1.1 before Pingora's session.
     pub hit_lane: bool,
+    /// Proxy plain HTTP/1.1 `GET`/`HEAD` requests on edgegate's own path.
+    pub relay: bool,
     /// Where first-party filters are installed.
     pub filter_dir: PathBuf,
     /// Where compiled filters are cached, if anywhere.

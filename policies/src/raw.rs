@@ -199,6 +199,9 @@ pub struct ServerConfig {
     /// Answer plain fresh cache hits on HTTP/1.1 connections before
     /// Pingora parses the request (the hit lane). Default true.
     pub hit_lane: Option<bool>,
+    /// Proxy plain HTTP/1.1 `GET`/`HEAD` requests on routes without
+    /// filters or caching on edgegate's own path (the relay). Default true.
+    pub relay: Option<bool>,
     /// Where first-party filter components are installed. Default
     /// `/usr/lib/edgegate/filters` (the `EDGEGATE_FILTER_DIR` environment variable overrides).
     pub filter_dir: Option<String>,

@@ -163,6 +163,7 @@ pub(crate) fn validate(
             request_id_header: request_id_header.to_ascii_lowercase(),
             h2c: s.h2c.unwrap_or(false),
             hit_lane: s.hit_lane.unwrap_or(true),
+            relay: s.relay.unwrap_or(true),
             filter_dir: PathBuf::from(
                 s.filter_dir
                     .clone()

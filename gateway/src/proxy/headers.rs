@@ -112,17 +112,9 @@ pub fn check_limits(session: &Session, route: &Route) -> Result<(), Refusal> {
 
 /// `Via` with `hop` appended to what `headers` already carry.
 pub fn via_appended(headers: &HeaderMap, hop: &HeaderValue) -> HeaderValue {
-    match headers.get(VIA).map(|v| v.as_bytes()) {
-        Some(prev) if !prev.trim_ascii().is_empty() => {
-            let mut joined = Vec::with_capacity(prev.len() + 2 + hop.len());
-            joined.extend_from_slice(prev);
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(hop.as_bytes());
-            // Both parts are valid header values; so is their join.
-            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| hop.clone())
-        }
-        _ => hop.clone(),
-    }
+    let joined = via_joined(headers.get(VIA).map(|v| v.as_bytes()), hop);
+    // Both parts are valid header values; so is their join.
+    HeaderValue::from_bytes(&joined).unwrap_or_else(|_| hop.clone())
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -160,9 +152,10 @@ fn push_forwarded_value(out: &mut String, v: &str) {
     }
 }
 
-/// `prev, next` when the request already carries `name`, else `next`.
-fn appended(req: &RequestHeader, name: &HeaderName, next: &str) -> String {
-    match req.headers.get(name).map(|v| v.as_bytes()) {
+/// `prev, next` when the request already carries `name` (its first
+/// field), else `next`.
+fn appended<R: HeaderValues + ?Sized>(req: &R, name: &str, next: &str) -> String {
+    match req.first(name) {
         Some(prev) if !prev.trim_ascii().is_empty() => {
             let mut out = String::with_capacity(prev.len() + 2 + next.len());
             out.push_str(&String::from_utf8_lossy(prev));
@@ -171,6 +164,68 @@ fn appended(req: &RequestHeader, name: &HeaderName, next: &str) -> String {
             out
         }
         _ => next.to_string(),
+    }
+}
+
+/// The forwarding fields edgegate sends upstream, computed from what the
+/// client sent: one implementation for Pingora's request header and the
+/// relay's raw one (`lane`).
+pub struct Forwarding {
+    /// `X-Forwarded-For`, when the client address is known.
+    pub xff: Option<String>,
+    /// `X-Forwarded-Proto`.
+    pub proto: &'static str,
+    /// RFC 7239 `Forwarded`.
+    pub forwarded: String,
+    /// `Via`, with this hop appended.
+    pub via: Vec<u8>,
+}
+
+/// [`Forwarding`] for a request to `authority` (the target's, else `Host`).
+pub fn forwarding<R: HeaderValues + ?Sized>(
+    req: &R,
+    client: Option<IpAddr>,
+    tls: bool,
+    authority: Option<&str>,
+    via_hop: &HeaderValue,
+) -> Forwarding {
+    let mut node = String::with_capacity(48);
+    let xff = client.map(|ip| {
+        push_forwarded_node(&mut node, ip);
+        let bare = node.trim_matches(|c| c == '"' || c == '[' || c == ']');
+        appended(req, "x-forwarded-for", bare)
+    });
+    let mut fwd = String::with_capacity(96);
+    if client.is_some() {
+        fwd.push_str("for=");
+        fwd.push_str(&node);
+        fwd.push(';');
+    }
+    if let Some(host) = authority {
+        fwd.push_str("host=");
+        push_forwarded_value(&mut fwd, host);
+        fwd.push(';');
+    }
+    fwd.push_str(if tls { "proto=https" } else { "proto=http" });
+    Forwarding {
+        xff,
+        proto: if tls { "https" } else { "http" },
+        forwarded: appended(req, "forwarded", &fwd),
+        via: via_joined(req.first("via"), via_hop),
+    }
+}
+
+/// `prev, hop` when `prev` holds something, else `hop`.
+pub fn via_joined(prev: Option<&[u8]>, hop: &HeaderValue) -> Vec<u8> {
+    match prev {
+        Some(prev) if !prev.trim_ascii().is_empty() => {
+            let mut joined = Vec::with_capacity(prev.len() + 2 + hop.len());
+            joined.extend_from_slice(prev);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(hop.as_bytes());
+            joined
+        }
+        _ => hop.as_bytes().to_vec(),
     }
 }
 
@@ -184,37 +239,25 @@ pub fn forward(
     request_id_header: &HeaderName,
     request_id: &str,
 ) -> Result<()> {
-    let mut node = String::with_capacity(48);
-    if let Some(ip) = client {
-        push_forwarded_node(&mut node, ip);
-        let bare = node.trim_matches(|c| c == '"' || c == '[' || c == ']');
-        let xff = appended(req, &X_FORWARDED_FOR, bare);
+    let authority = match req.uri.authority() {
+        Some(a) => Some(a.as_str().to_string()),
+        None => req
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string),
+    };
+    let f = forwarding(&*req, client, tls, authority.as_deref(), via_hop);
+    if let Some(xff) = f.xff {
         req.insert_header(X_FORWARDED_FOR.clone(), xff)?;
     }
     req.insert_header(
         X_FORWARDED_PROTO.clone(),
         if tls { HTTPS.clone() } else { HTTP.clone() },
     )?;
-
-    let mut fwd = String::with_capacity(96);
-    if client.is_some() {
-        fwd.push_str("for=");
-        fwd.push_str(&node);
-        fwd.push(';');
-    }
-    let host = match req.uri.authority() {
-        Some(a) => Some(a.as_str()),
-        None => req.headers.get(HOST).and_then(|h| h.to_str().ok()),
-    };
-    if let Some(host) = host {
-        fwd.push_str("host=");
-        push_forwarded_value(&mut fwd, host);
-        fwd.push(';');
-    }
-    fwd.push_str(if tls { "proto=https" } else { "proto=http" });
-    let forwarded = appended(req, &FORWARDED, &fwd);
-    req.insert_header(FORWARDED.clone(), forwarded)?;
-    let via = via_appended(&req.headers, via_hop);
+    req.insert_header(FORWARDED.clone(), f.forwarded)?;
+    // Both parts are valid header values; so is their join.
+    let via = HeaderValue::from_bytes(&f.via).unwrap_or_else(|_| via_hop.clone());
     req.insert_header(VIA, via)?;
     req.insert_header(request_id_header.clone(), request_id)?;
     Ok(())

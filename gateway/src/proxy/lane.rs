@@ -60,11 +60,18 @@
 //! Pingora's for the same object, field by field.
 //! Metrics and the access log record a lane hit as any other hit.
 //! `server.hit_lane = false` turns it off; a reload applies to the next
-//! request on every connection. With no caching route free of filters,
-//! connections go straight to Pingora and pay nothing for the lane.
+//! request on every connection.
+//!
+//! The same look at each request head also feeds the relay
+//! (`proxy::relay`): the same plain shapes (ranges, conditionals and client
+//! cache directives allowed) on routes without filters or caching are
+//! proxied there, on edgegate's own HTTP/1.1 path (`server.relay`). When
+//! neither can take anything in the current config, connections go
+//! straight to Pingora and pay nothing for the lane.
 
 use super::fresh::{hit_status, lookup, no_range_or_conditional};
 use super::headers::{has_dot_segments, request_id};
+use super::relay::{Outcome, Plan};
 use super::EdgeProxy;
 use crate::cache::key::{self, HeaderValues};
 use crate::cache::storage::HitWire;
@@ -127,7 +134,8 @@ impl ServerApp for EdgeApp {
         let tls = stream.get_ssl_digest().is_some();
         let h2c = self.proxy.server_options.as_ref().is_some_and(|o| o.h2c);
         let h1 = matches!(stream.selected_alpn_proto(), None | Some(ALPN::H1));
-        if !h1 || (h2c && !tls) || !self.shared.current().hot.hit_lane {
+        let hot = &self.shared.current().hot;
+        if !h1 || (h2c && !tls) || !(hot.hit_lane || hot.relay) {
             return self.proxy.process_new(stream, shutdown).await;
         }
         self.serve_h1(stream, tls, shutdown).await;
@@ -145,6 +153,8 @@ impl ServerApp for EdgeApp {
 enum Look {
     /// Answered: the request head was this long.
     Served(usize),
+    /// For the relay: the request head was this long.
+    Relay(usize, Box<super::relay::Plan>),
     /// Not a whole request head yet.
     Incomplete,
     /// Pingora's to answer.
@@ -162,6 +172,17 @@ impl EdgeApp {
             while !to_pingora && !buf.is_empty() {
                 match self.look(&buf, &stream, tls, &mut out) {
                     Look::Served(n) => buf.advance(n),
+                    Look::Relay(n, plan) => {
+                        // Answers go out in request order.
+                        if !out.is_empty() && !out.send(&mut stream).await {
+                            return;
+                        }
+                        match super::relay::relay(&self.shared, &mut stream, *plan).await {
+                            Outcome::KeepAlive => buf.advance(n),
+                            Outcome::Close => return,
+                            Outcome::HandOver => to_pingora = true,
+                        }
+                    }
                     Look::Incomplete if buf.len() < MAX_HEAD => break,
                     Look::Incomplete | Look::Pingora => to_pingora = true,
                 }
@@ -220,7 +241,7 @@ impl EdgeApp {
     fn look(&self, buf: &[u8], stream: &Stream, tls: bool, out: &mut Outbox) -> Look {
         let started = Instant::now();
         let generation = self.shared.current();
-        if !generation.hot.hit_lane {
+        if !(generation.hot.hit_lane || generation.hot.relay) {
             return Look::Pingora;
         }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -244,13 +265,20 @@ impl EdgeApp {
         ) else {
             return Look::Pingora;
         };
-        let Some(policy) = route.cache.as_ref() else {
+        if !chain.filters.is_empty() || head_len > route.limits.max_header_bytes {
             return Look::Pingora;
+        }
+        let Some(policy) = route.cache.as_ref() else {
+            // Not a caching route: the relay's, when it is on.
+            if !generation.hot.relay {
+                return Look::Pingora;
+            }
+            return self.relay_plan(&plain, stream, tls, head_len, route_id, &generation);
         };
-        if !chain.filters.is_empty()
-            || head_len > route.limits.max_header_bytes
-            || (plain.directives && policy.honor_client_no_cache)
-        {
+        if !generation.hot.hit_lane || plain.conditional {
+            return Look::Pingora;
+        }
+        if plain.directives && policy.honor_client_no_cache {
             return Look::Pingora;
         }
         let host = policies::route::normalize_host(plain.host);
@@ -344,6 +372,49 @@ impl EdgeApp {
     }
 }
 
+impl EdgeApp {
+    /// What the relay needs to send a plain request upstream.
+    fn relay_plan(
+        &self,
+        plain: &PlainHead<'_, '_>,
+        stream: &Stream,
+        tls: bool,
+        head_len: usize,
+        route_id: usize,
+        generation: &Arc<crate::state::Generation>,
+    ) -> Look {
+        let hot = &generation.hot;
+        let client = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let id = request_id(plain, &hot.request_id_header);
+        let forwarding =
+            super::headers::forwarding(plain, client, tls, Some(plain.host), &hot.via_h1);
+        let head = super::relay::upstream_head(
+            if plain.head { "HEAD" } else { "GET" },
+            plain.target,
+            plain.headers,
+            &forwarding,
+            &hot.request_id_header,
+            &id,
+        );
+        Look::Relay(
+            head_len,
+            Box::new(Plan {
+                generation: Arc::clone(generation),
+                route_id,
+                head,
+                host: plain.host.to_string(),
+                request_id: id,
+                head_request: plain.head,
+                started: Instant::now(),
+                path: plain.path.to_string(),
+                client,
+            }),
+        )
+    }
+}
+
 /// Answers waiting to be written, in order: small bodies are copied
 /// behind their head (one write for a typical hit, and for a pipelined
 /// batch); large ones are sent from the store without a copy.
@@ -424,6 +495,10 @@ fn hit_wire(stored: &ResponseHeader, request_id_header: &http::HeaderName) -> Hi
 /// needs no judgement beyond a cache lookup (module docs).
 struct PlainHead<'h, 'b> {
     head: bool,
+    /// The request target as sent.
+    target: &'b str,
+    /// It carries a range or conditional field (not a plain hit).
+    conditional: bool,
     host: &'b str,
     path: &'b str,
     query: Option<&'b str>,
@@ -478,15 +553,18 @@ impl<'h, 'b> PlainHead<'h, 'b> {
                 return None;
             }
         }
-        let plain = Self {
+        let mut plain = Self {
             head,
+            target,
+            conditional: false,
             host: host?,
             path,
             query,
             directives,
             headers: req.headers,
         };
-        no_range_or_conditional(&plain).then_some(plain)
+        plain.conditional = !no_range_or_conditional(&plain);
+        Some(plain)
     }
 }
 

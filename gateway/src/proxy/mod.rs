@@ -24,6 +24,7 @@ pub mod errors;
 mod fresh;
 mod headers;
 pub mod lane;
+mod relay;
 mod transform;
 
 use crate::cache::{self as edge_cache, CacheCtx};

@@ -470,7 +470,7 @@ async fn client_revalidation_is_the_routes_call_on_the_lane_too() {
 
 /// What one raw request got back, with what differs per response left out
 /// (`Date`, `Age`, the generated request id, `Cache-Status`'s `ttl`).
-async fn probe(addr: std::net::SocketAddr, raw: &[u8]) -> String {
+pub async fn probe(addr: std::net::SocketAddr, raw: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(raw).await.unwrap();
     let mut got = Vec::new();
@@ -492,7 +492,14 @@ async fn probe(addr: std::net::SocketAddr, raw: &[u8]) -> String {
                 .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
                 .unwrap_or(0);
             let head_req = raw.starts_with(b"HEAD");
-            if head_req || got.len() >= end + len {
+            let chunked = resp.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("transfer-encoding")
+                    && h.value.eq_ignore_ascii_case(b"chunked")
+            });
+            if head_req || (chunked && got.ends_with(b"0\r\n\r\n")) {
+                break;
+            }
+            if !chunked && got.len() >= end + len {
                 break;
             }
         }
@@ -520,12 +527,38 @@ async fn probe(addr: std::net::SocketAddr, raw: &[u8]) -> String {
         })
         .collect();
     fields.sort();
+    let mut body = got[end..].to_vec();
+    if fields
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case("transfer-encoding: chunked"))
+    {
+        body = dechunk(&body);
+    }
     format!(
         "{} | {} | {}",
         resp.code.unwrap_or(0),
         fields.join(" | "),
-        String::from_utf8_lossy(&got[end..])
+        String::from_utf8_lossy(&body)
     )
+}
+
+/// A chunked body's data (chunk boundaries are a hop's business).
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size_text = String::from_utf8_lossy(&raw[..eol]);
+        let size_text = size_text.split(';').next().unwrap_or("").trim();
+        let Ok(size) = usize::from_str_radix(size_text, 16) else {
+            return b"<bad chunked body>".to_vec();
+        };
+        raw = &raw[eol + 2..];
+        if size == 0 || raw.len() < size + 2 {
+            break;
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
+    out
 }
 
 /// Differential check of the lane against Pingora's path: odd, malformed

@@ -11,5 +11,6 @@ mod health;
 mod lane;
 mod process;
 mod proxy;
+mod relay;
 mod reload;
 mod tls;

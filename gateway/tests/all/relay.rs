@@ -1,0 +1,167 @@
+//! The relay (`proxy::relay`): plain HTTP/1.1 `GET`/`HEAD` requests proxied
+//! on edgegate's own path. Each check runs against a gateway with the relay
+//! and one without (Pingora's path): what the origin and the client see
+//! must match. `edgegate_relayed_total` tells which path answered.
+
+use crate::cache::{Reply, Scripted};
+use crate::harness::{simple_config, Gateway, Origin};
+use crate::lane::probe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn relayed(gw: &Gateway) -> u64 {
+    gw.shared.metrics.relayed.get()
+}
+
+async fn pair(backends: &[std::net::SocketAddr], route_extra: &str) -> (Gateway, Gateway) {
+    let on = simple_config(backends, route_extra);
+    let off = on.replace("[server]\n", "[server]\nrelay = false\n");
+    (Gateway::start(&on).await, Gateway::start(&off).await)
+}
+
+/// The origin sees the same request from both paths (forwarding fields
+/// appended, hop-by-hop fields dropped, the request id kept, `Host` kept),
+/// and the client the same answer.
+#[tokio::test]
+async fn the_relay_sends_and_answers_what_pingora_does() {
+    let origin = Origin::start("o").await;
+    let (with, without) = pair(&[origin.addr], "").await;
+    let raw = b"GET /echo?x=1 HTTP/1.1\r\nHost: relay.test:8080\r\n\
+        X-Forwarded-For: 203.0.113.9\r\nForwarded: for=203.0.113.9\r\nVia: 1.0 front\r\n\
+        X-Request-Id: rid-1\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+        TE: trailers\r\nProxy-Authorization: Basic eA==\r\nX-Custom: v\r\n\
+        Accept: */*\r\n\r\n";
+    let a = probe(with.http, raw).await;
+    let seen_a = origin.last();
+    let b = probe(without.http, raw).await;
+    let seen_b = origin.last();
+    assert_eq!(a, b);
+    assert_eq!(seen_a.headers, seen_b.headers);
+    assert_eq!(
+        (seen_a.method.as_str(), seen_a.path.as_str()),
+        ("GET", "/echo")
+    );
+    let h = &seen_a.headers;
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["host"], "relay.test:8080");
+    assert_eq!(h["via"], "1.0 front, 1.1 test-pop");
+    assert_eq!(h["x-request-id"], "rid-1");
+    assert!(!h.contains_key("proxy-authorization") && !h.contains_key("te"));
+    assert_eq!((relayed(&with), relayed(&without)), (1, 0));
+}
+
+/// Answers of every framing pass through as Pingora passes them: length,
+/// chunked (its data; chunk boundaries are a hop's), none (`HEAD`, `204`,
+/// `304`), errors and a large body, on one keep-alive connection each.
+#[tokio::test]
+async fn answers_of_every_framing_match_pingoras() {
+    let origin = Scripted::start().await;
+    let big = "b".repeat(200 * 1024);
+    origin.set("/len", Reply::ok("no-store", "length"));
+    origin.set(
+        "/chunked",
+        Reply {
+            chunked: true,
+            ..Reply::ok("no-store", &"c".repeat(3000))
+        },
+    );
+    origin.set("/big", Reply::ok("no-store", &big));
+    origin.set(
+        "/etag",
+        Reply::ok("no-store", "tagged").header("etag", "\"t1\""),
+    );
+    origin.set(
+        "/none",
+        Reply {
+            status: 204,
+            ..Reply::ok("no-store", "")
+        },
+    );
+    origin.set(
+        "/missing",
+        Reply {
+            status: 404,
+            ..Reply::ok("no-store", "not here")
+        },
+    );
+    let (with, without) = pair(&[origin.addr], "").await;
+    let cases = [
+        "GET /len HTTP/1.1\r\nHost: r\r\n\r\n",
+        "GET /chunked HTTP/1.1\r\nHost: r\r\n\r\n",
+        "HEAD /chunked HTTP/1.1\r\nHost: r\r\n\r\n",
+        "GET /big HTTP/1.1\r\nHost: r\r\n\r\n",
+        "GET /etag HTTP/1.1\r\nHost: r\r\nIf-None-Match: \"t1\"\r\n\r\n",
+        "GET /none HTTP/1.1\r\nHost: r\r\n\r\n",
+        "GET /missing HTTP/1.1\r\nHost: r\r\n\r\n",
+    ];
+    for raw in cases {
+        let (a, b) = (
+            probe(with.http, raw.as_bytes()).await,
+            probe(without.http, raw.as_bytes()).await,
+        );
+        assert_eq!(a, b, "{raw:?}");
+    }
+    assert_eq!(relayed(&with), cases.len() as u64);
+    assert_eq!(relayed(&without), 0);
+}
+
+/// An origin that closes every connection after one answer, without
+/// saying so: the relay's pooled connection is stale on the next request,
+/// which goes out again on a fresh one, and the client never notices.
+#[tokio::test]
+async fn a_stale_pooled_connection_is_replaced_unnoticed() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                        _ => return,
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                // Closed without `Connection: close`.
+            });
+        }
+    });
+    let gw = Gateway::start(&simple_config(&[addr], "")).await;
+    let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    for _ in 0..3 {
+        c.write_all(b"GET /x HTTP/1.1\r\nHost: r\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !got.ends_with(b"ok") {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), c.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "the gateway closed the client connection");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200 OK"));
+        // Let the origin's close arrive before the next request.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(relayed(&gw), 3);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "one fresh connection each"
+    );
+    server.abort();
+}
