@@ -115,11 +115,11 @@ pub(super) fn hit_status(
     generation: &Generation,
     object: &Object,
     primary: &[u8],
-) -> (Box<CacheCtx>, String) {
-    let mut cx = Box::new(CacheCtx {
+) -> (CacheCtx, String) {
+    let mut cx = CacheCtx {
         fresh_hit: true,
         ..CacheCtx::default()
-    });
+    };
     if generation.config.cache.debug {
         cx.key = Some(edge_cache::key::printable(primary));
     }
@@ -195,7 +195,7 @@ impl EdgeProxy {
             return Ok(false);
         };
         let (cx, status) = hit_status(generation, &object, &primary);
-        ctx.cache = Some(cx);
+        ctx.cache = Some(Box::new(cx));
         let header = hit_header(&object, now, generation, &ctx.request_id, status)?;
         let head = session.req_header().method == http::Method::HEAD;
         session.write_response_header(header, head).await?;

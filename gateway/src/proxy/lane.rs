@@ -273,7 +273,15 @@ impl EdgeApp {
             if !generation.hot.relay {
                 return Look::Pingora;
             }
-            return self.relay_plan(&plain, stream, tls, head_len, route_id, &generation);
+            return Self::relay_plan(
+                &plain,
+                stream,
+                tls,
+                head_len,
+                route_id,
+                &generation,
+                started,
+            );
         };
         if !generation.hot.hit_lane || plain.conditional {
             return Look::Pingora;
@@ -375,13 +383,13 @@ impl EdgeApp {
 impl EdgeApp {
     /// What the relay needs to send a plain request upstream.
     fn relay_plan(
-        &self,
         plain: &PlainHead<'_, '_>,
         stream: &Stream,
         tls: bool,
         head_len: usize,
         route_id: usize,
         generation: &Arc<crate::state::Generation>,
+        started: Instant,
     ) -> Look {
         let hot = &generation.hot;
         let client = stream
@@ -407,7 +415,7 @@ impl EdgeApp {
                 host: plain.host.to_string(),
                 request_id: id,
                 head_request: plain.head,
-                started: Instant::now(),
+                started,
                 path: plain.path.to_string(),
                 client,
             }),
