@@ -18,7 +18,8 @@ Usage: python3 loadtest/ab.py OLD_BINARY NEW_BINARY [--rounds 5] [--duration 4]
   cacheable, so every request is a miss: what a caching route costs traffic
   it cannot cache); --server-old/--server-new add lines to each gateway's
   [server] table, so one binary can run against itself with a setting
-  changed (e.g. --server-old "hit_lane = false").
+  changed (e.g. --server-old "hit_lane = false", or --server-old
+  "filter_recycling = false" for fresh filter instances against recycled).
 """
 import argparse, json, os, statistics, subprocess, sys, tempfile
 
@@ -53,7 +54,11 @@ def main():
         for name, binary, server in (("old", args.old, args.server_old), ("new", args.new, args.server_new)):
             port, admin = R.free_port(), R.free_port()
             conf = os.path.join(work, f"{name}.toml")
-            text = F.config(port, admin, o_port, 1, jwks_path).replace("[server]\n", f"[server]\n{server}\n")
+            text = F.config(port, admin, o_port, 1, jwks_path)
+            for line in server.splitlines():  # an override replaces filters.py's own setting
+                key = line.split("=")[0].strip()
+                text = "\n".join(l for l in text.split("\n") if not (key and l.startswith(key + " =")))
+            text = text.replace("[server]\n", f"[server]\n{server}\n")
             if args.cache_plain:
                 plain = 'path_prefix = "/plain"\nupstream = "origin"\n'
                 text = text.replace(plain, plain + "[routes.cache]\n")

@@ -57,7 +57,7 @@ def es256_token_and_jwks():
     return f"{head}.{body}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}", jwks
 
 
-def config(port, admin, origin, workers, jwks_path):
+def config(port, admin, origin, workers, jwks_path, recycling=True):
     jwt = lambda ks, alg: (f'[[routes.filters]]\nmodule = "jwt-auth"\nkey_sets = ["{ks}"]\n'
                            f'config = {{ key_set = "{ks}", algorithms = ["{alg}"], issuer = "bench", audience = "bench", forward_claims = {{ sub = "x-user-id" }} }}\n')
     rl = ('[[routes.filters]]\nmodule = "rate-limit"\nrate_limits = ["huge"]\n'
@@ -74,6 +74,9 @@ drain_window = "0s"
 # Filter routes run on Pingora's path; /plain must too, so that "added" is
 # what the filters cost, not the relay's saving (server.relay, RESULTS.md).
 relay = false
+# Filter instances recycled after a verified reset (the default), or fresh
+# for every call (--fresh).
+filter_recycling = {"true" if recycling else "false"}
 [log]
 access_log = false
 level = "warn"
@@ -107,6 +110,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--fresh", action="store_true",
+                    help="server.filter_recycling = false: a fresh instance for every filter call")
     args = ap.parse_args()
     target_dir = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/edgegate/target"))
     binary = os.path.join(target_dir, "release/edgegate")
@@ -122,7 +127,7 @@ def main():
             json.dump(jwks, f)
         conf = os.path.join(work, "edgegate.toml")
         with open(conf, "w") as f:
-            f.write(config(e_port, e_admin, o_port, args.workers, jwks_path))
+            f.write(config(e_port, e_admin, o_port, args.workers, jwks_path, not args.fresh))
         eg = subprocess.Popen([binary, "--config", conf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(eg)
         wait_http(f"http://127.0.0.1:{e_admin}/readyz")
@@ -155,7 +160,8 @@ def main():
         med = lambda r, k: statistics.median(x[k] for x in results[r])
         plain_cpu, plain_rps = med("plain", "cpu_us_per_req"), med("plain", "rps")
         print()
-        print(f"medians over {args.rounds} rounds, {args.workers} worker thread(s), wrk -c{args.connections}")
+        print(f"medians over {args.rounds} rounds, {args.workers} worker thread(s), wrk -c{args.connections}, "
+              f"{'fresh' if args.fresh else 'recycled'} filter instances")
         print(f"{'route':8s} {'req/s':>9s} {'vs plain':>9s} {'CPU µs/req':>11s} {'added µs':>9s} {'p99 ms':>7s}")
         summary = {}
         for r in routes:
@@ -171,7 +177,7 @@ def main():
             c = re.search(rf'{metric}_count{{filter="{filt}"}} ([0-9.e+-]+)', text)
             return float(s.group(1)) / float(c.group(1)) * 1e6 if s and c and float(c.group(1)) else float("nan")
         print()
-        print("per call, inside the gateway (mean of all calls): fresh instance / guest run, µs")
+        print("per call, inside the gateway (mean of all calls): fresh instance (when one was made) / guest run, µs")
         breakdown = {}
         for filt in ("noop", "jwt-auth", "rate-limit", "headers"):
             breakdown[filt] = {"instantiate_us": mean("edgegate_filter_instantiate_seconds", filt),

@@ -114,14 +114,27 @@ config = { bucket = "huge", key = "principal" }
         threads: 1,
         pop_name: "bench".into(),
     };
-    let config = policies::parse_str(&text, std::path::Path::new("bench.toml"), &defaults)?;
-    let set = FilterSet::new(&config, None)?;
-    let metrics = Metrics::new()?;
+    // The same routes twice: fresh instances for every call, and recycled
+    // ones (reset after each call, `server.filter_recycling`), side by side.
+    let modes = ["fresh", "recycled"].map(|mode| -> anyhow::Result<_> {
+        let text = format!(
+            "[server]\nfilter_recycling = {}\n{text}",
+            mode == "recycled"
+        );
+        let config = policies::parse_str(&text, std::path::Path::new("bench.toml"), &defaults)?;
+        let set = FilterSet::new(&config, None)?;
+        Ok((config, set, Metrics::new()?))
+    });
+    let [fresh, recycled] = modes;
+    let modes = [fresh?, recycled?];
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    println!("{n} requests per route, one thread, fresh instance per filter call");
-    println!("{:16} {:>10}", "route", "µs/request");
+    println!("{n} requests per route, one thread; µs per request");
+    println!(
+        "{:16} {:>10} {:>10} {:>8}",
+        "route", "fresh", "recycled", "ratio"
+    );
     let only = std::env::args().nth(2).filter(|r| r != "all");
     // A third argument adds a `cookie` header of that many bytes: requests
     // from browsers carry a few KiB, and a guest whose heap outgrows its
@@ -130,14 +143,13 @@ config = { bucket = "huge", key = "principal" }
         .nth(3)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    for (id, route) in config.routes.routes().iter().enumerate() {
-        if only.as_ref().is_some_and(|o| *o != route.name) {
+    for (name, _) in &routes {
+        if only.as_ref().is_some_and(|o| o != name) {
             continue;
         }
-        let chain = set.chain(route, &config)?;
-        let mut req = RequestHeader::build("GET", format!("/{}/x", route.name).as_bytes(), None)?;
+        let mut req = RequestHeader::build("GET", format!("/{name}/x").as_bytes(), None)?;
         req.insert_header("host", "bench.test")?;
-        let bearer = if route.name.contains("es256") {
+        let bearer = if name.contains("es256") {
             &es_token
         } else {
             &token
@@ -149,60 +161,81 @@ config = { bucket = "huge", key = "principal" }
         }
         let facts = RequestFacts {
             client_ip: "192.0.2.1".into(),
-            route: route.name.clone(),
+            route: name.to_string(),
             pop: "bench".into(),
             request_id: "r".into(),
             ..Default::default()
         };
-        let run = |count: usize| {
-            rt.block_on(async {
-                for _ in 0..count {
-                    let mut f = facts.clone();
-                    let mut r = req.clone();
-                    match apply::run_request_phase(&chain, &mut f, &mut r, "bench.test", &metrics)
+        let mut micros = [0.0f64; 2];
+        for (m, (config, set, metrics)) in modes.iter().enumerate() {
+            let route = config
+                .routes
+                .routes()
+                .iter()
+                .find(|r| r.name == *name)
+                .ok_or_else(|| anyhow::anyhow!("no route {name}"))?;
+            let chain = set.chain(route, config)?;
+            let run = |count: usize| {
+                rt.block_on(async {
+                    for _ in 0..count {
+                        let mut f = facts.clone();
+                        let mut r = req.clone();
+                        match apply::run_request_phase(
+                            &chain,
+                            &mut f,
+                            &mut r,
+                            "bench.test",
+                            metrics,
+                        )
                         .await
-                    {
-                        Ok(apply::RequestPhase::Continue) => {}
-                        Ok(apply::RequestPhase::Respond(r)) => {
-                            panic!("route {} answered {}", route.name, r.status)
+                        {
+                            Ok(apply::RequestPhase::Continue) => {}
+                            Ok(apply::RequestPhase::Respond(r)) => {
+                                panic!("route {name} answered {}", r.status)
+                            }
+                            Err(e) => panic!("route {name} failed: {e:?}"),
                         }
-                        Err(e) => panic!("route {} failed: {e:?}", route.name),
                     }
-                }
-            })
-        };
-        run(n / 10); // warm-up
-        let started = Instant::now();
-        run(n);
-        let _ = id;
+                })
+            };
+            run(n / 10); // warm-up
+            let started = Instant::now();
+            run(n);
+            micros[m] = started.elapsed().as_secs_f64() * 1e6 / n as f64;
+        }
         println!(
-            "{:16} {:>10.1}",
-            route.name,
-            started.elapsed().as_secs_f64() * 1e6 / n as f64
+            "{:16} {:>10.1} {:>10.1} {:>8.2}",
+            name,
+            micros[0],
+            micros[1],
+            micros[1] / micros[0]
         );
     }
     // Per call, from the host's own histograms: a fresh instance, the
     // guest's run (lowering the request in, host calls, lifting the
-    // decision out), and the linear memory it grew to — what the pool
-    // resets after every instance.
+    // decision out; not the reset), and the linear memory it grew to —
+    // what the pool or the reset zeroes.
     println!(
-        "{:16} {:>14} {:>10} {:>9}",
-        "filter", "instantiate µs", "run µs", "peak KiB"
+        "{:10} {:16} {:>14} {:>10} {:>9}",
+        "mode", "filter", "instantiate µs", "run µs", "peak KiB"
     );
     use edgegate::metrics::filter_mean as mean;
-    for name in ["noop", "headers", "rate-limit", "jwt-auth"] {
-        if let (Some(i), Some(r), Some(p)) = (
-            mean(&metrics.filter_instantiate, name),
-            mean(&metrics.filter_run, name),
-            mean(&metrics.filter_memory_peak, name),
-        ) {
-            println!(
-                "{:16} {:>14.1} {:>10.1} {:>9.0}",
-                name,
-                i * 1e6,
-                r * 1e6,
-                p / 1024.0
-            );
+    for (mode, (_, _, metrics)) in ["fresh", "recycled"].iter().zip(&modes) {
+        for name in ["noop", "headers", "rate-limit", "jwt-auth"] {
+            if let (Some(r), Some(p)) = (
+                mean(&metrics.filter_run, name),
+                mean(&metrics.filter_memory_peak, name),
+            ) {
+                let i = mean(&metrics.filter_instantiate, name).unwrap_or(0.0);
+                println!(
+                    "{:10} {:16} {:>14.1} {:>10.1} {:>9.0}",
+                    mode,
+                    name,
+                    i * 1e6,
+                    r * 1e6,
+                    p / 1024.0
+                );
+            }
         }
     }
     Ok(())

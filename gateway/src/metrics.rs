@@ -37,6 +37,8 @@ pub struct Metrics {
     pub filter_memory_peak: HistogramVec,
     /// `edgegate_filter_memory_grows_total{route,filter}`
     pub filter_memory_grows: IntCounterVec,
+    /// `edgegate_filter_instances_total{filter,kind}`
+    pub filter_instances: IntCounterVec,
     /// `edgegate_cache_requests_total{route,result}`
     pub cache_requests: IntCounterVec,
     /// `edgegate_cache_coalesced_total{route}`: requests that waited on another's fill
@@ -169,6 +171,15 @@ impl Metrics {
             &["route", "filter"],
         )?;
         registry.register(Box::new(filter_memory_grows.clone()))?;
+        let filter_instances = IntCounterVec::new(
+            Opts::new(
+                "edgegate_filter_instances_total",
+                "Instances filter calls ran in: fresh (instantiated for the call), recycled \
+                 (reset after an earlier call; server.filter_recycling)",
+            ),
+            &["filter", "kind"],
+        )?;
+        registry.register(Box::new(filter_instances.clone()))?;
         let cache_requests = IntCounterVec::new(
             Opts::new(
                 "edgegate_cache_requests_total",
@@ -257,6 +268,7 @@ impl Metrics {
             filter_run,
             filter_memory_peak,
             filter_memory_grows,
+            filter_instances,
         })
     }
 

@@ -180,6 +180,8 @@ pub struct Server {
     pub hit_lane: bool,
     /// Proxy plain HTTP/1.1 `GET`/`HEAD` requests on edgegate's own path.
     pub relay: bool,
+    /// Reuse filter instances after a verified reset.
+    pub filter_recycling: bool,
     /// Where first-party filters are installed.
     pub filter_dir: PathBuf,
     /// Where compiled filters are cached, if anywhere.

@@ -202,6 +202,10 @@ pub struct ServerConfig {
     /// Proxy plain HTTP/1.1 `GET`/`HEAD` requests on routes without
     /// filters or caching on edgegate's own path (the relay). Default true.
     pub relay: Option<bool>,
+    /// Reuse filter instances after a reset that edgegate builds into each
+    /// component and verifies (fresh instances when a component cannot get
+    /// one). Default true.
+    pub filter_recycling: Option<bool>,
     /// Where first-party filter components are installed. Default
     /// `/usr/lib/edgegate/filters` (the `EDGEGATE_FILTER_DIR` environment variable overrides).
     pub filter_dir: Option<String>,

@@ -164,6 +164,7 @@ pub(crate) fn validate(
             h2c: s.h2c.unwrap_or(false),
             hit_lane: s.hit_lane.unwrap_or(true),
             relay: s.relay.unwrap_or(true),
+            filter_recycling: s.filter_recycling.unwrap_or(true),
             filter_dir: PathBuf::from(
                 s.filter_dir
                     .clone()

@@ -1,8 +1,9 @@
 //! Write edgegate filters in Rust.
 //!
 //! A filter is a WebAssembly component that edgegate runs on a route, in
-//! order with the route's other filters, with a fresh instance for every
-//! request and under the route's CPU deadline and memory cap. This crate
+//! order with the route's other filters, in an instance no earlier request
+//! left anything in (fresh, or reset to its instantiated state) and under
+//! the route's CPU deadline and memory cap. This crate
 //! wraps the WIT contract `edgegate:filter@0.1.0` (`filters/wit/filter.wit`)
 //! in one trait and one macro.
 //!
@@ -41,12 +42,14 @@
 //! in `target/wasm32-wasip2/release/` is the component. Link with a small
 //! stack (`.cargo/config.toml`: `[target.wasm32-wasip2] rustflags =
 //! ["-C", "link-arg=-zstack-size=65536"]`, as `edgegate filter new` sets up):
-//! every request gets a fresh instance, and a guest that touches less memory
-//! is reset faster (a 1 MiB default stack doubled the per-request cost).
+//! every request starts from a freshly reset memory, and a guest with less
+//! memory is reset faster (a 1 MiB default stack doubled the per-request
+//! cost, and a component starting with more than 256 KiB gets fresh
+//! instances instead of recycled ones).
 //! Keep a call's heap within the memory the component starts with (the
 //! stack, the data, and what is left of the first pages after them): a call
 //! that grows linear memory pays for resizing a pooled memory on every
-//! request, ~9 µs here. `edgegate filter test` prints what each call used
+//! request, ~9 µs here, and its instance cannot be recycled. `edgegate filter test` prints what each call used
 //! and says when it grew; in production
 //! `edgegate_filter_memory_grows_total` counts such calls.
 //! Attach it to a route:

@@ -10,38 +10,54 @@
 //!   then pre-instantiated per route filter into a `FilterPre` at config load:
 //!   a component that does not compile, lacks the exports or imports an
 //!   interface its route does not grant fails the load, never a request.
-//! - **Isolation: a fresh instance per call.** Every phase call gets a new
-//!   `Store` and instance from the `FilterPre`; nothing a guest does can leak
-//!   into another request. Research notes (`wasm-feasibility.md`): fresh
-//!   instance + call ≈ 19–30 µs pooled against ≈ 1.4–5 µs for a warm
-//!   instance. Measured here (`cargo run --release -p edgegate --example
-//!   filter_bench`, one thread, whole request phase): no-op filter 13.7 µs
-//!   with Rust's default 1 MiB guest stack, **6.7 µs** with a 64 KiB stack —
-//!   the stack sits at the bottom of linear memory, so a 1 MiB stack put the
-//!   memory a call touches outside the pool's 256 KiB resident window and
-//!   every call paid page faults; jwt-auth 30.5 → 11.9 µs, the
-//!   jwt + rate-limit + headers chain 91 → 30 µs. First-party filters and
-//!   `edgegate filter new` crates link with the small stack. With that, the
-//!   fresh instance meets the ≤ 10 µs no-op budget in process, and through
-//!   the whole proxy once the proxy runs one event loop per worker thread
-//!   (`server.work_stealing = false`: 7.4 µs added, `loadtest/RESULTS.md`).
-//! - **Why not reuse instances.** A fresh instance costs ≥ 4.3 µs however
-//!   little the guest does (bare `Store::new` + instantiate + drop of the
-//!   no-op, one thread): resetting its 128 KiB memory on drop (~15%),
-//!   copying data segments in, three core instances per component (module,
-//!   shim, fixup), function lookups, store bookkeeping. A warm instance call
-//!   is ~1.4 µs, so a jwt + rate-limit route at 0.75× a plain route's
-//!   throughput (≤ 7.8 µs added) is out of reach with two fresh instances.
-//!   Reuse needs a *verified* reset (memory, globals, tables, component
-//!   flags back to their instantiated state); wasmtime 48 has none
-//!   (bytecodealliance/wasmtime#14313 proposes it) and its introspection
-//!   (`debug_memory`, `debug_global`) requires guest-debug code generation.
-//!   Trusting guests to clean up after themselves (as `wasmtime serve` does
-//!   for WASIp3) would let one tenant's request see another's data, so
-//!   edgegate keeps fresh instances until a verified reset exists. Measured
-//!   and rejected: `pagemap_scan` (the ioctl costs what it saves),
-//!   copy-on-write images (within noise in process, worse on several
-//!   threads in the research runs).
+//! - **Isolation: no call sees what an earlier call left.** A call runs
+//!   either in a fresh instance from the `FilterPre`, or in a *recycled*
+//!   one: an instance whose previous call succeeded and that was then put
+//!   back, by a reset edgegate builds into the component at load
+//!   ([`recycle`]), to exactly the state instantiation gives (memory zeroed
+//!   and its data segments re-copied, mutable globals re-initialised;
+//!   components whose state that cannot cover, such as runtime table
+//!   writes, keep fresh instances). A call that trapped, timed out, grew
+//!   its memory or left a resource handle open is never recycled.
+//!   `server.filter_recycling = false` makes every call fresh.
+//! - **Why recycle.** A fresh instance costs ≥ 4.3 µs however little the
+//!   guest does (bare `Store::new` + instantiate + drop of the no-op, one
+//!   thread): resetting its 128 KiB memory on drop (~15%), copying data
+//!   segments in, three core instances per component (module, shim,
+//!   fixup), function lookups, store bookkeeping. Research notes
+//!   (`wasm-feasibility.md`): fresh instance + call ≈ 19–30 µs pooled
+//!   against ≈ 1.4–5 µs for a warm instance. A jwt + rate-limit route at
+//!   0.75× a plain route's throughput (≤ 7.8 µs added) is out of reach
+//!   with two fresh instances. wasmtime 48 has no reset for component
+//!   instances (bytecodealliance/wasmtime#14313 proposes one) and its
+//!   introspection (`debug_memory`, `debug_global`) needs guest-debug code
+//!   generation, so the reset is generated into the component: it is the
+//!   host's code, derived from the module's own data and global sections,
+//!   so a guest cannot skip or weaken it (trusting guests to clean up, as
+//!   `wasmtime serve` does for WASIp3, would let one tenant's request see
+//!   another's data). Measured (`filter_bench`, one thread, µs per
+//!   request, fresh → recycled): no-op 9.4 → 4.2, jwt ES256 + rate-limit
+//!   20.5 → 11.5, jwt + rate-limit + headers 30.1 → 15.2. The reset itself
+//!   is a `memory.fill` of the 128 KiB and a copy of the data segments,
+//!   and a recycled instance never goes back to the pool, so its memory is
+//!   never decommitted (no `madvise`, no TLB shootdown on other threads).
+//!   Up to four reset instances wait per route filter, at
+//!   most half the pool over all filters, so fresh instances always find a
+//!   slot. Measured and rejected earlier for fresh instances:
+//!   `pagemap_scan` (the ioctl costs what it saves), copy-on-write images
+//!   (within noise in process, worse on several threads in the research
+//!   runs).
+//! - **Fresh instances** (the first call on each worker, components without
+//!   a reset, `filter_recycling = false`): every call gets a new `Store`
+//!   and instance from the `FilterPre`. Measured here (`cargo run
+//!   --release -p edgegate --example filter_bench`, one thread, whole
+//!   request phase): no-op filter 13.7 µs with Rust's default 1 MiB guest
+//!   stack, **6.7 µs** with a 64 KiB stack — the stack sits at the bottom
+//!   of linear memory, so a 1 MiB stack put the memory a call touches
+//!   outside the pool's 256 KiB resident window and every call paid page
+//!   faults; jwt-auth 30.5 → 11.9 µs, the jwt + rate-limit + headers chain
+//!   91 → 30 µs. First-party filters and `edgegate filter new` crates link
+//!   with the small stack (it also halves what a reset zeroes).
 //! - **A guest's memory: size it to never grow.** Resetting an instance
 //!   zeroes its whole accessible memory (no dirty-page tracking), and a
 //!   memory that grew past its initial size is shrunk back with `mprotect`
@@ -54,7 +70,9 @@
 //!   to reset (−0.6 µs per filter in process) but moves that cliff to
 //!   ~15 KiB of headers, and through the proxy the gain was within noise,
 //!   so the 64 KiB stack stays. `filter_bench` prints each filter's peak
-//!   memory.
+//!   memory. A call that grew its memory is also never recycled (a wasm
+//!   memory cannot shrink), so a filter that grows on most requests loses
+//!   recycling too.
 //! - **One export per call**: `bindgen!`'s `FilterPre::instantiate_async`
 //!   looks up and type-checks all four exports for every instance; a call
 //!   here looks up only the export it runs, by an index resolved at load
@@ -68,7 +86,8 @@
 //!   the callback either yields to the Pingora worker (so a spinning guest
 //!   never starves other requests on the thread) or, past the route's CPU
 //!   deadline, ends the call. Memory is capped per store by `StoreLimits`
-//!   (growth beyond the cap traps). A trapped instance is simply dropped.
+//!   (growth beyond the cap traps). A trapped instance is dropped, never
+//!   recycled.
 //! - **Capabilities by linking**: `log`, `clock` and `context` are always
 //!   linked; `rate-limit` and `crypto` only when the route grants the filter
 //!   buckets or key sets, and then only those are reachable.
@@ -78,6 +97,7 @@
 
 mod bindings;
 pub mod keys;
+pub mod recycle;
 
 use crate::metrics::Metrics;
 use crate::ratelimit::{self, RateLimiters};
@@ -191,7 +211,19 @@ impl std::error::Error for DeadlineExceeded {}
 /// The process-wide wasmtime engine and its epoch ticker.
 pub struct FilterEngine {
     engine: Engine,
-    compiled: Mutex<HashMap<[u8; 32], Component>>,
+    /// By the source's SHA-256 and whether recycling was asked for.
+    compiled: Mutex<HashMap<([u8; 32], bool), Compiled>>,
+}
+
+/// A compiled filter component.
+#[derive(Clone)]
+struct Compiled {
+    component: Component,
+    /// Why it runs in fresh instances although recycling was asked for
+    /// (`None`: it was not asked for, or the component has a verified reset).
+    fresh_only: Option<String>,
+    /// Whether it carries the reset [`recycle::instrument`] built in.
+    resettable: bool,
 }
 
 fn ticker(engine: Weak<FilterEngine>) {
@@ -233,7 +265,7 @@ impl FilterEngine {
             .total_tables(POOL_INSTANCES * 4)
             .total_stacks(POOL_INSTANCES)
             .max_memory_size(MAX_FILTER_MEMORY)
-            .linear_memory_keep_resident(256 << 10)
+            .linear_memory_keep_resident(recycle::MAX_RESET_BYTES as usize)
             .table_keep_resident(256 << 10)
             .async_stack_keep_resident(256 << 10)
             .decommit_batch_size(32);
@@ -251,8 +283,15 @@ impl FilterEngine {
     }
 
     /// Compiles `bytes` (or returns the component compiled from identical
-    /// bytes before), using `cache_dir` for precompiled artifacts.
-    fn component(&self, bytes: &[u8], cache_dir: Option<&Path>) -> wasmtime::Result<Component> {
+    /// bytes before), using `cache_dir` for precompiled artifacts. With
+    /// `recycle`, the component gets a verified reset built in when it can
+    /// ([`recycle::instrument`]).
+    fn component(
+        &self,
+        bytes: &[u8],
+        cache_dir: Option<&Path>,
+        recycle: bool,
+    ) -> wasmtime::Result<Compiled> {
         let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
         let mut hash = [0u8; 32];
         hash.copy_from_slice(digest.as_ref());
@@ -260,32 +299,64 @@ impl FilterEngine {
             .compiled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&hash)
+            .get(&(hash, recycle))
         {
             return Ok(c.clone());
         }
-        let component = match cache_dir {
-            Some(dir) => self.component_cached(bytes, &hash, dir)?,
-            None => Component::new(&self.engine, bytes)?,
+        let instrumented = if recycle {
+            recycle::instrument(bytes).and_then(|b| {
+                self.compile(&b, &hash, recycle::ARTIFACT_TAG, cache_dir)
+                    .map_err(|e| format!("the instrumented component does not compile: {e:#}"))
+            })
+        } else {
+            Err(String::new())
+        };
+        let compiled = match instrumented {
+            Ok(component) => Compiled {
+                component,
+                fresh_only: None,
+                resettable: true,
+            },
+            Err(why) => Compiled {
+                component: self.compile(bytes, &hash, "", cache_dir)?,
+                fresh_only: recycle.then_some(why),
+                resettable: false,
+            },
         };
         self.compiled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(hash, component.clone());
-        Ok(component)
+            .insert((hash, recycle), compiled.clone());
+        Ok(compiled)
+    }
+
+    /// Compiles `bytes`, from or into the artifact cache when there is one
+    /// (`tag` tells instrumented artifacts of a source from plain ones).
+    fn compile(
+        &self,
+        bytes: &[u8],
+        hash: &[u8; 32],
+        tag: &str,
+        cache_dir: Option<&Path>,
+    ) -> wasmtime::Result<Component> {
+        match cache_dir {
+            Some(dir) => self.component_cached(bytes, hash, tag, dir),
+            None => Component::new(&self.engine, bytes),
+        }
     }
 
     fn component_cached(
         &self,
         bytes: &[u8],
         hash: &[u8; 32],
+        tag: &str,
         dir: &Path,
     ) -> wasmtime::Result<Component> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
         let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-        let path = dir.join(format!("{hex}-{:016x}.cwasm", h.finish()));
+        let path = dir.join(format!("{hex}{tag}-{:016x}.cwasm", h.finish()));
         if path.exists() {
             // SAFETY: the file is one this process family wrote below, named by
             // the SHA-256 of its source and the engine's compatibility hash; the
@@ -562,6 +633,8 @@ struct FilterShared {
 /// request path does no label hashing.
 pub(crate) struct FilterMetrics {
     instantiate: prometheus::Histogram,
+    fresh: prometheus::IntCounter,
+    recycled: prometheus::IntCounter,
     run: prometheus::Histogram,
     memory_peak: prometheus::Histogram,
     memory_grows: prometheus::IntCounter,
@@ -580,6 +653,8 @@ impl FilterMetrics {
         };
         Self {
             instantiate: m.filter_instantiate.with_label_values(&[filter]),
+            fresh: m.filter_instances.with_label_values(&[filter, "fresh"]),
+            recycled: m.filter_instances.with_label_values(&[filter, "recycled"]),
             run: m.filter_run.with_label_values(&[filter]),
             memory_peak: m.filter_memory_peak.with_label_values(&[filter]),
             memory_grows: m.filter_memory_grows.with_label_values(&[route, filter]),
@@ -615,10 +690,67 @@ pub struct LoadedFilter {
     pub phases: Phases,
     pre: bindings::FilterPre<HostState>,
     exports: PhaseExports,
+    /// The verified reset ([`recycle`]), when this filter's instances are
+    /// recycled.
+    reset: Option<ComponentExportIndex>,
+    warm: WarmPool,
     shared: Arc<FilterShared>,
     engine: Arc<FilterEngine>,
     route: String,
     metrics: OnceLock<FilterMetrics>,
+}
+
+/// An instance that finished a call and was reset, with its store.
+struct Warm {
+    store: Store<HostState>,
+    instance: wasmtime::component::Instance,
+}
+
+/// Warm instances kept per route filter: one per worker thread is what a
+/// steady load uses; a few more absorb bursts. Each holds pool slots.
+const WARM_PER_FILTER: usize = 4;
+/// Warm instances kept over all filters: half the pool, so a call can
+/// always instantiate fresh.
+const WARM_BUDGET: usize = POOL_INSTANCES as usize / 2;
+/// Warm instances held now, over all filters.
+static WARM_TOTAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A route filter's reset instances, ready for the next call.
+#[derive(Default)]
+struct WarmPool(Mutex<Vec<Warm>>);
+
+impl WarmPool {
+    fn take(&self) -> Option<Warm> {
+        let warm = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        if warm.is_some() {
+            WARM_TOTAL.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        warm
+    }
+
+    /// Keeps `warm` if this filter and the process have room; otherwise it
+    /// is dropped (after the lock is released: dropping a store resets its
+    /// memory).
+    fn put(&self, warm: Warm) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < WARM_PER_FILTER {
+            if WARM_TOTAL.fetch_add(1, Relaxed) < WARM_BUDGET {
+                pool.push(warm);
+                return;
+            }
+            WARM_TOTAL.fetch_sub(1, Relaxed);
+        }
+        drop(pool);
+        drop(warm);
+    }
+}
+
+impl Drop for WarmPool {
+    fn drop(&mut self) {
+        let held = self.0.get_mut().map_or(0, |p| p.len());
+        WARM_TOTAL.fetch_sub(held, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Where a filter's phase exports are, resolved once at load.
@@ -852,9 +984,17 @@ impl FilterSet {
             path: path.clone(),
             reason,
         };
-        let component = engine
-            .component(&bytes, config.server.filter_cache_dir.as_deref())
+        let compiled = engine
+            .component(
+                &bytes,
+                config.server.filter_cache_dir.as_deref(),
+                config.server.filter_recycling,
+            )
             .map_err(|e| invalid(format!("not a valid component: {e:#}")))?;
+        if let Some(why) = &compiled.fresh_only {
+            tracing::info!(route, filter = %spec.name, "filter runs in fresh instances: no verified reset ({why})");
+        }
+        let component = compiled.component;
 
         let mut linker: Linker<HostState> = Linker::new(&engine.engine);
         let link = |r: wasmtime::Result<()>| r.map_err(|e| invalid(format!("{e:#}")));
@@ -903,6 +1043,16 @@ impl FilterSet {
             ))
         })?;
         let exports = PhaseExports::resolve(pre.instance_pre()).map_err(invalid)?;
+        let reset = if compiled.resettable {
+            Some(
+                pre.instance_pre()
+                    .component()
+                    .get_export_index(None, recycle::RESET_EXPORT)
+                    .ok_or_else(|| invalid("the instrumented component lost its reset".into()))?,
+            )
+        } else {
+            None
+        };
         let config_json = merged_config(spec).map_err(invalid)?;
         let shared = Arc::new(FilterShared {
             name: spec.name.clone(),
@@ -917,6 +1067,8 @@ impl FilterSet {
             phases: Phases::empty(),
             pre,
             exports,
+            reset,
+            warm: WarmPool::default(),
             shared,
             engine,
             route: route.to_string(),
@@ -1011,19 +1163,32 @@ impl LoadedFilter {
         (D,): ComponentNamedList + Lift + Send + Sync,
     {
         let started = Instant::now();
-        let mut store = self.store(facts);
-        let instance = self
-            .pre
-            .instance_pre()
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| self.classify(&e))?;
+        let (mut store, instance) = match self.warm.take() {
+            Some(Warm {
+                mut store,
+                instance,
+            }) => {
+                Self::rearm(&mut store, facts, self.spec.timeout);
+                self.metrics(metrics).recycled.inc();
+                (store, instance)
+            }
+            None => {
+                let mut store = self.store(facts);
+                let instance = self
+                    .pre
+                    .instance_pre()
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(|e| self.classify(&e))?;
+                let m = self.metrics(metrics);
+                m.fresh.inc();
+                m.instantiate.observe(started.elapsed().as_secs_f64());
+                (store, instance)
+            }
+        };
         let func = instance
             .get_typed_func::<P, (D,)>(&mut store, which(&self.exports))
             .map_err(|e| self.classify(&e))?;
-        self.metrics(metrics)
-            .instantiate
-            .observe(started.elapsed().as_secs_f64());
         let started = Instant::now();
         let out = func
             .call_async(&mut store, args)
@@ -1031,7 +1196,41 @@ impl LoadedFilter {
             .map(|(d,)| d)
             .map_err(|e| self.classify(&e));
         self.observe_call(&store, started, metrics);
+        if out.is_ok() {
+            self.recycle(store, instance).await;
+        }
         out
+    }
+
+    /// Readies a reset instance's store for a new request: its facts, log
+    /// budget and deadline; a new WASI context if the guest asks for one.
+    fn rearm(store: &mut Store<HostState>, facts: Arc<RequestFacts>, timeout: Duration) {
+        let state = store.data_mut();
+        state.facts = facts;
+        state.logs_left = LOG_BUDGET;
+        state.deadline = Instant::now() + timeout;
+        state.limits.grew = false;
+        state.wasi = None;
+        store.set_epoch_deadline(1);
+    }
+
+    /// Resets an instance whose call succeeded and keeps it for the next
+    /// call, unless the call left state the reset cannot take back: a
+    /// memory that grew (a wasm memory cannot shrink) or an open resource
+    /// handle. A reset that fails (its deadline, a trap) drops it.
+    async fn recycle(&self, mut store: Store<HostState>, instance: wasmtime::component::Instance) {
+        let Some(reset) = &self.reset else {
+            return;
+        };
+        if store.data().limits.grew || !store.data().table.is_empty() {
+            return;
+        }
+        let Ok(func) = instance.get_typed_func::<(), ()>(&mut store, reset) else {
+            return;
+        };
+        if func.call_async(&mut store, ()).await.is_ok() {
+            self.warm.put(Warm { store, instance });
+        }
     }
 
     /// Runs `on-request` in a fresh instance.

@@ -1620,3 +1620,98 @@ config = { signing_keys = ["previous-key-0123456789", "current-key-0123456789"] 
         );
     }
 }
+
+/// The value of the sample named exactly `series` in a metrics text.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Recycled instances (`server.filter_recycling`, the default) are reset
+/// between calls: a guest that keeps a counter in a static, the previous
+/// request's secret on its heap, and scans its whole memory for other
+/// requests' secrets finds nothing, request after request, while the
+/// metrics show the calls did run in reused instances. A call that grows
+/// the guest's memory is not recycled (a memory cannot shrink). With
+/// recycling off every call is fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recycled_instances_carry_nothing_from_one_request_to_the_next() {
+    let o = Origin::start("o").await;
+    let route = format!(
+        r#"
+[[routes]]
+name = "leak"
+upstream = "app"
+limits.max_header_bytes = "120KiB"
+[[routes.filters]]
+path = "{}"
+"#,
+        wasm("leak")
+    );
+    for recycling in [true, false] {
+        let text = filter_config(o.addr, &route).replace(
+            "[server]\n",
+            &format!("[server]\nfilter_recycling = {recycling}\n"),
+        );
+        let gw = Gateway::start(&text).await;
+        let ask = |secret: String, pad: usize| {
+            let url = gw.url("/x");
+            async move {
+                let r = client()
+                    .get(url)
+                    .header("x-secret", secret)
+                    .header("x-pad", "p".repeat(pad))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                r.text().await.unwrap()
+            }
+        };
+        for i in 0..30 {
+            assert_eq!(
+                ask(format!("secret-{}", 1000 + i), 0).await,
+                "calls=1 previous=none residue=none",
+                "request {i}, recycling {recycling}"
+            );
+        }
+        let m = gw.metrics().await;
+        let fresh = sample(
+            &m,
+            r#"edgegate_filter_instances_total{filter="leak",kind="fresh"}"#,
+        );
+        let recycled = sample(
+            &m,
+            r#"edgegate_filter_instances_total{filter="leak",kind="recycled"}"#,
+        );
+        assert_eq!(fresh + recycled, 30.0, "{m}");
+        if recycling {
+            // One warm instance per worker thread at most is built fresh.
+            assert!(recycled >= 26.0, "fresh {fresh}, recycled {recycled}");
+        } else {
+            assert_eq!(recycled, 0.0);
+        }
+        // 80 KiB of headers grow the guest's 128 KiB memory: that instance
+        // is dropped, and the next calls are still clean.
+        assert_eq!(
+            ask("secret-77".into(), 80 << 10).await,
+            "calls=1 previous=none residue=none"
+        );
+        for i in 0..4 {
+            assert_eq!(
+                ask(format!("secret-{}", 2000 + i), 0).await,
+                "calls=1 previous=none residue=none"
+            );
+        }
+        let m = gw.metrics().await;
+        assert!(
+            sample(
+                &m,
+                r#"edgegate_filter_memory_grows_total{filter="leak",route="leak"}"#
+            ) >= 1.0,
+            "{m}"
+        );
+    }
+}
