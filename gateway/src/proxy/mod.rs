@@ -487,6 +487,16 @@ impl ProxyHttp for EdgeProxy {
         } else {
             e.retry.decide_reuse(client_reused);
         }
+        if client_reused && e.retry() {
+            // The connection came from the pool and the backend had given
+            // up on it (a keep-alive timeout or request limit racing this
+            // request): the backend is not at fault, so the retry may go
+            // to it again, on a new connection. Without this, a one-backend
+            // group answered 502 (every backend tried).
+            if let Some(i) = ctx.backend {
+                ctx.tried.retain(|&t| t != i);
+            }
+        }
         e
     }
 

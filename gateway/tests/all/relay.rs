@@ -165,3 +165,84 @@ async fn a_stale_pooled_connection_is_replaced_unnoticed() {
     );
     server.abort();
 }
+
+/// An origin that answers the first request on each connection and closes
+/// the connection, unanswered, when a second request arrives on it (the
+/// race a keep-alive timeout or `keepalive_requests` limit loses): the
+/// request met a pooled connection the backend had given up on, not a
+/// failing backend, so it goes out again on a new connection to the same
+/// backend, on the relay and on Pingora's path alike, even on an upstream
+/// group of one backend.
+#[tokio::test]
+async fn a_pooled_connection_closed_under_a_request_is_retried_on_the_same_backend() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut chunk = [0u8; 4096];
+                for answered in [true, false] {
+                    let mut buf = Vec::new();
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                    }
+                    if answered {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await;
+                    }
+                }
+                // Dropped: closed under the second request.
+            });
+        }
+    });
+    for relay in [true, false] {
+        let text = simple_config(&[addr], "")
+            .replace("[server]\n", &format!("[server]\nrelay = {relay}\n"));
+        let gw = Gateway::start(&text).await;
+        let mut c = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+        for i in 0..4 {
+            c.write_all(b"GET /x HTTP/1.1\r\nHost: r\r\n\r\n")
+                .await
+                .unwrap();
+            let got = read_response(&mut c).await;
+            assert!(
+                got.starts_with(b"HTTP/1.1 200 OK"),
+                "relay {relay}, request {i}: {}",
+                String::from_utf8_lossy(&got)
+            );
+        }
+    }
+    server.abort();
+}
+
+/// One whole response (head and `Content-Length` body) from `c`.
+async fn read_response(c: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return got;
+            }
+        }
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), c.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the gateway closed the client connection");
+        got.extend_from_slice(&chunk[..n]);
+    }
+}
