@@ -11,6 +11,35 @@ use pingora::Result;
 use policies::{Route, RouteId, RouteTable};
 use std::net::IpAddr;
 
+/// The fields a message's `Connection` values (`connection`) nominate as
+/// its hop's own (RFC 9110 §7.6.1), lowercased: a proxy forwards none of
+/// them. Not among them: the connection options `close` and `keep-alive`,
+/// the framing fields (`content-length`, `transfer-encoding`: every hop
+/// frames its own message) and `upgrade` (a `101` passes the protocol
+/// switch on; Pingora handles `Upgrade` itself).
+pub fn connection_nominated<'a>(connection: impl IntoIterator<Item = &'a [u8]>) -> Vec<String> {
+    let mut out = Vec::new();
+    for value in connection {
+        for token in value.split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            let skip = token.is_empty()
+                || [
+                    "close",
+                    "keep-alive",
+                    "content-length",
+                    "transfer-encoding",
+                    "upgrade",
+                ]
+                .iter()
+                .any(|k| token.eq_ignore_ascii_case(k.as_bytes()));
+            if !skip {
+                out.push(String::from_utf8_lossy(token).to_ascii_lowercase());
+            }
+        }
+    }
+    out
+}
+
 /// The client's request id when it is sane, else a fresh UUID.
 pub fn request_id<R: HeaderValues + ?Sized>(req: &R, header: &http::HeaderName) -> String {
     if let Some(b) = req.first(header.as_str()) {
@@ -266,6 +295,16 @@ pub fn forward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_nominated_fields() {
+        let values: [&[u8]; 2] = [
+            b" X-Hop , keep-alive,,close",
+            b"Content-Length, x-two, Upgrade",
+        ];
+        assert_eq!(connection_nominated(values), ["x-hop", "x-two"]);
+        assert!(connection_nominated([&b"keep-alive"[..]]).is_empty());
+    }
 
     #[test]
     fn raw_content_length_detection() {

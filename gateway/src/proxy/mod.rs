@@ -581,6 +581,17 @@ impl ProxyHttp for EdgeProxy {
         if let Some(cx) = ctx.cache.as_deref_mut() {
             cx.fwd_status = Some(resp.status.as_u16());
         }
+        // Fields the origin's `Connection` names were for its hop only:
+        // neither forwarded nor cached, nor shown to response filters.
+        let nominated = headers::connection_nominated(
+            resp.headers
+                .get_all(http::header::CONNECTION)
+                .iter()
+                .map(|v| v.as_bytes()),
+        );
+        for name in nominated {
+            resp.remove_header(&name);
+        }
         // Response filters run before the cache stores the response, so what
         // is cached is what they made of it.
         let generation = Arc::clone(&ctx.generation);

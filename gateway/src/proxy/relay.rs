@@ -13,7 +13,8 @@
 //! forwarding fields ([`super::headers::forwarding`]), the request id, and
 //! `Host` when the route does not preserve it. The answer is the origin's
 //! with `Via` and the request id, and `Date` and `Connection` as Pingora's
-//! writer sets them.
+//! writer sets them, less the fields its `Connection` names (both paths
+//! drop those, [`super::headers::connection_nominated`]).
 //!
 //! Failures follow Pingora's path too: a connect failure ejects passively
 //! and fails over; a pooled connection that turns out stale before any
@@ -26,9 +27,8 @@
 //! Upstream connections live in a per-thread pool per backend address (at
 //! most 64 idle each, dropped when older than the group's
 //! `keepalive_timeout` on their next use). Not done here, left to
-//! Pingora's path: TLS upstreams, request bodies, upgrades, h2. Known gaps:
-//! the in-flight gauge does not count relayed requests, and fields an
-//! origin's `Connection` names (other than `close`) are passed on.
+//! Pingora's path: TLS upstreams, request bodies, upgrades, h2. Known gap:
+//! the in-flight gauge does not count relayed requests.
 
 use super::headers::Forwarding;
 use crate::state::Generation;
@@ -302,8 +302,18 @@ pub(super) async fn relay(
         out.put_slice(b"\r\n");
         let hot = &g.hot;
         let mut via_prev: Option<&[u8]> = None;
+        let nominated = super::headers::connection_nominated(
+            answer
+                .fields
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+                .map(|(_, v)| v.as_slice()),
+        );
         for (name, value) in &answer.fields {
             let n = name.as_str();
+            if nominated.iter().any(|o| n.eq_ignore_ascii_case(o)) {
+                continue;
+            }
             if n.eq_ignore_ascii_case("via") {
                 via_prev.get_or_insert(value);
                 continue;

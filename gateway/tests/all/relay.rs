@@ -143,17 +143,9 @@ async fn a_stale_pooled_connection_is_replaced_unnoticed() {
         c.write_all(b"GET /x HTTP/1.1\r\nHost: r\r\n\r\n")
             .await
             .unwrap();
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !got.ends_with(b"ok") {
-            let n = tokio::time::timeout(std::time::Duration::from_secs(5), c.read(&mut chunk))
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(n > 0, "the gateway closed the client connection");
-            got.extend_from_slice(&chunk[..n]);
-        }
+        let got = read_response(&mut c).await;
         assert!(got.starts_with(b"HTTP/1.1 200 OK"));
+        assert!(got.ends_with(b"ok"));
         // Let the origin's close arrive before the next request.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
@@ -245,4 +237,43 @@ async fn read_response(c: &mut tokio::net::TcpStream) -> Vec<u8> {
         assert!(n > 0, "the gateway closed the client connection");
         got.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// Fields a `Connection` header names are this hop's only (RFC 9110
+/// §7.6.1): neither path forwards them, in either direction. (A request
+/// whose `Connection` names fields goes to Pingora's path, which drops
+/// them; the relay drops those of answers.)
+#[tokio::test]
+async fn connection_nominated_fields_stay_on_their_hop() {
+    let origin = Scripted::start().await;
+    origin.set(
+        "/nominated",
+        Reply::ok("no-store", "body")
+            .header("connection", "x-hop-a, X-Hop-B")
+            .header("x-hop-a", "1")
+            .header("x-hop-b", "2")
+            .header("x-kept", "3"),
+    );
+    let (with, without) = pair(&[origin.addr], "").await;
+    let plain = b"GET /nominated HTTP/1.1\r\nHost: r\r\n\r\n";
+    let nominating = b"GET /nominated HTTP/1.1\r\nHost: r\r\nConnection: keep-alive, x-req-hop\r\n\
+        X-Req-Hop: secret\r\nX-Req-Kept: v\r\n\r\n";
+    for gw in [&with, &without] {
+        for raw in [&plain[..], &nominating[..]] {
+            let answer = probe(gw.http, raw).await.to_ascii_lowercase();
+            assert!(answer.starts_with("200 "), "{answer}");
+            assert!(answer.contains("x-kept: 3"), "{answer}");
+            assert!(
+                !answer.contains("x-hop-a") && !answer.contains("x-hop-b"),
+                "{answer}"
+            );
+        }
+        let seen = origin.last_headers("/nominated");
+        assert_eq!(
+            seen.get("x-req-kept").map(|v| v.as_bytes()),
+            Some(&b"v"[..])
+        );
+        assert!(!seen.contains_key("x-req-hop"), "{seen:?}");
+    }
+    assert_eq!((relayed(&with), relayed(&without)), (1, 0));
 }
