@@ -700,6 +700,12 @@ pub struct LoadedFilter {
     metrics: OnceLock<FilterMetrics>,
 }
 
+/// What a waiting instance's store holds in place of a request's facts.
+fn idle_facts() -> Arc<RequestFacts> {
+    static IDLE: OnceLock<Arc<RequestFacts>> = OnceLock::new();
+    Arc::clone(IDLE.get_or_init(|| Arc::new(RequestFacts::default())))
+}
+
 /// An instance that finished a call and was reset, with its store.
 struct Warm {
     store: Store<HostState>,
@@ -748,7 +754,7 @@ impl WarmPool {
 
 impl Drop for WarmPool {
     fn drop(&mut self) {
-        let held = self.0.get_mut().map_or(0, |p| p.len());
+        let held = self.0.get_mut().unwrap_or_else(|p| p.into_inner()).len();
         WARM_TOTAL.fetch_sub(held, std::sync::atomic::Ordering::Relaxed);
     }
 }
@@ -1229,6 +1235,8 @@ impl LoadedFilter {
             return;
         };
         if func.call_async(&mut store, ()).await.is_ok() {
+            // The request's facts are not kept while the instance waits.
+            store.data_mut().facts = idle_facts();
             self.warm.put(Warm { store, instance });
         }
     }
