@@ -2,7 +2,8 @@
 //!
 //! A fresh component instance per call costs ≥ 4 µs however little the
 //! guest does (store, three core instances, function tables, registry, the
-//! pool's memory reset). Reusing an instance is ~3× cheaper, but only safe
+//! pool's memory reset). Reusing an instance is 2–3× cheaper
+//! (`filter_bench`), but only safe
 //! if everything one request could leave behind is put back before the
 //! next. wasmtime 48 has no reset for component instances
 //! (bytecodealliance/wasmtime#14313), so edgegate builds one into the
@@ -16,11 +17,12 @@
 //!   (`table.set/grow/fill/copy/init`, `elem.drop`, `data.drop`), use GC
 //!   types, a start function, a shared or 64-bit memory, or import a
 //!   mutable global: the reset could not restore those, so such a component
-//!   keeps fresh instances.
+//!   keeps fresh instances. So does one starting with more than
+//!   [`MAX_RESET_BYTES`] of memory, where the pool's own reset is cheaper.
 //! - Into the stateful module goes a function, generated here, that traps if
 //!   the memory grew past its initial size (the host then drops the
-//!   instance: a wasm memory cannot shrink), zeroes the whole memory,
-//!   copies every active data segment back (from passive duplicates added
+//!   instance: a wasm memory cannot shrink), zeroes the memory the data
+//!   segments do not cover, copies every active data segment back (from passive duplicates added
 //!   beside them) and sets every mutable global to its initial value: the
 //!   state instantiation produced. It is lifted as the component export
 //!   [`RESET_EXPORT`].
