@@ -116,17 +116,15 @@ config = { bucket = "huge", key = "principal" }
     };
     // The same routes twice: fresh instances for every call, and recycled
     // ones (reset after each call, `server.filter_recycling`), side by side.
-    let modes = ["fresh", "recycled"].map(|mode| -> anyhow::Result<_> {
-        let text = format!(
-            "[server]\nfilter_recycling = {}\n{text}",
-            mode == "recycled"
-        );
-        let config = policies::parse_str(&text, std::path::Path::new("bench.toml"), &defaults)?;
-        let set = FilterSet::new(&config, None)?;
-        Ok((config, set, Metrics::new()?))
-    });
-    let [fresh, recycled] = modes;
-    let modes = [fresh?, recycled?];
+    let modes = [false, true]
+        .into_iter()
+        .map(|recycling| -> anyhow::Result<_> {
+            let text = format!("[server]\nfilter_recycling = {recycling}\n{text}");
+            let config = policies::parse_str(&text, std::path::Path::new("bench.toml"), &defaults)?;
+            let set = FilterSet::new(&config, None)?;
+            Ok((config, set, Metrics::new()?))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

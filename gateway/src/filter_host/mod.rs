@@ -303,23 +303,21 @@ impl FilterEngine {
         {
             return Ok(c.clone());
         }
-        let instrumented = if recycle {
+        let instrumented = recycle.then(|| {
             recycle::instrument(bytes).and_then(|b| {
                 self.compile(&b, &hash, recycle::ARTIFACT_TAG, cache_dir)
                     .map_err(|e| format!("the instrumented component does not compile: {e:#}"))
             })
-        } else {
-            Err(String::new())
-        };
+        });
         let compiled = match instrumented {
-            Ok(component) => Compiled {
+            Some(Ok(component)) => Compiled {
                 component,
                 fresh_only: None,
                 resettable: true,
             },
-            Err(why) => Compiled {
+            not => Compiled {
                 component: self.compile(bytes, &hash, "", cache_dir)?,
-                fresh_only: recycle.then_some(why),
+                fresh_only: not.and_then(Result::err),
                 resettable: false,
             },
         };
@@ -710,6 +708,8 @@ fn idle_facts() -> Arc<RequestFacts> {
 struct Warm {
     store: Store<HostState>,
     instance: wasmtime::component::Instance,
+    /// Its reset export, looked up and type-checked once.
+    reset: wasmtime::component::TypedFunc<(), ()>,
 }
 
 /// Warm instances kept per route filter: one per worker thread is what a
@@ -1154,8 +1154,9 @@ impl LoadedFilter {
         }
     }
 
-    /// Runs the phase export `which` picks, typed `P -> (D,)`, in a fresh
-    /// instance (only that export is looked up and type-checked).
+    /// Runs the phase export `which` picks, typed `P -> (D,)`, in a
+    /// recycled instance when one waits, else a fresh one (only that export
+    /// is looked up and type-checked).
     async fn call<P, D>(
         &self,
         facts: Arc<RequestFacts>,
@@ -1169,14 +1170,15 @@ impl LoadedFilter {
         (D,): ComponentNamedList + Lift + Send + Sync,
     {
         let started = Instant::now();
-        let (mut store, instance) = match self.warm.take() {
+        let (mut store, instance, reset) = match self.warm.take() {
             Some(Warm {
                 mut store,
                 instance,
+                reset,
             }) => {
                 Self::rearm(&mut store, facts, self.spec.timeout);
                 self.metrics(metrics).recycled.inc();
-                (store, instance)
+                (store, instance, Some(reset))
             }
             None => {
                 let mut store = self.store(facts);
@@ -1189,7 +1191,7 @@ impl LoadedFilter {
                 let m = self.metrics(metrics);
                 m.fresh.inc();
                 m.instantiate.observe(started.elapsed().as_secs_f64());
-                (store, instance)
+                (store, instance, None)
             }
         };
         let func = instance
@@ -1203,7 +1205,7 @@ impl LoadedFilter {
             .map_err(|e| self.classify(&e));
         self.observe_call(&store, started, metrics);
         if out.is_ok() {
-            self.recycle(store, instance).await;
+            self.recycle(store, instance, reset).await;
         }
         out
     }
@@ -1224,24 +1226,38 @@ impl LoadedFilter {
     /// call, unless the call left state the reset cannot take back: a
     /// memory that grew (a wasm memory cannot shrink) or an open resource
     /// handle. A reset that fails (its deadline, a trap) drops it.
-    async fn recycle(&self, mut store: Store<HostState>, instance: wasmtime::component::Instance) {
-        let Some(reset) = &self.reset else {
+    /// `reset` is the instance's reset export when it was recycled before.
+    async fn recycle(
+        &self,
+        mut store: Store<HostState>,
+        instance: wasmtime::component::Instance,
+        reset: Option<wasmtime::component::TypedFunc<(), ()>>,
+    ) {
+        let Some(index) = &self.reset else {
             return;
         };
         if store.data().limits.grew || !store.data().table.is_empty() {
             return;
         }
-        let Ok(func) = instance.get_typed_func::<(), ()>(&mut store, reset) else {
-            return;
+        let reset = match reset {
+            Some(f) => f,
+            None => match instance.get_typed_func::<(), ()>(&mut store, index) {
+                Ok(f) => f,
+                Err(_) => return,
+            },
         };
-        if func.call_async(&mut store, ()).await.is_ok() {
+        if reset.call_async(&mut store, ()).await.is_ok() {
             // The request's facts are not kept while the instance waits.
             store.data_mut().facts = idle_facts();
-            self.warm.put(Warm { store, instance });
+            self.warm.put(Warm {
+                store,
+                instance,
+                reset,
+            });
         }
     }
 
-    /// Runs `on-request` in a fresh instance.
+    /// Runs `on-request` in a fresh or recycled instance.
     pub(crate) async fn on_request(
         &self,
         facts: Arc<RequestFacts>,
@@ -1251,7 +1267,7 @@ impl LoadedFilter {
         self.call(facts, metrics, |e| &e.on_request, (head,)).await
     }
 
-    /// Runs `on-response` in a fresh instance.
+    /// Runs `on-response` in a fresh or recycled instance.
     pub(crate) async fn on_response(
         &self,
         facts: Arc<RequestFacts>,
@@ -1263,7 +1279,7 @@ impl LoadedFilter {
             .await
     }
 
-    /// Runs `on-response-body` in a fresh instance.
+    /// Runs `on-response-body` in a fresh or recycled instance.
     pub(crate) async fn on_response_body(
         &self,
         facts: Arc<RequestFacts>,

@@ -228,7 +228,6 @@ fn module_facts(module: &[u8]) -> Result<ModuleFacts, String> {
                         wasmparser::TypeRef::Global(g) if g.mutable => {
                             refuse(&mut facts, "it imports a mutable global".into())
                         }
-                        wasmparser::TypeRef::Memory(_) => {}
                         _ => {}
                     }
                 }
