@@ -5,7 +5,8 @@
 //!
 //!   cargo run --release -p edgegate --example filter_bench -- [N] [ROUTE|all] [COOKIE_BYTES]
 //!
-//! With `EDGEGATE_WASM_PERFMAP=1`, `perf record` names guest functions.
+//! With `EDGEGATE_WASM_PERFMAP=1`, `perf record` names guest functions;
+//! `FILTER_BENCH_MODE=recycled` (or `fresh`) profiles one mode alone.
 
 use edgegate::filter_host::{apply, FilterSet, RequestFacts};
 use edgegate::metrics::Metrics;
@@ -134,6 +135,12 @@ config = { bucket = "huge", key = "principal" }
         "route", "fresh", "recycled", "ratio"
     );
     let only = std::env::args().nth(2).filter(|r| r != "all");
+    // `FILTER_BENCH_MODE=fresh|recycled` runs one mode only (for `perf`).
+    let only_mode = match std::env::var("FILTER_BENCH_MODE").as_deref() {
+        Ok("fresh") => Some(0),
+        Ok("recycled") => Some(1),
+        _ => None,
+    };
     // A third argument adds a `cookie` header of that many bytes: requests
     // from browsers carry a few KiB, and a guest whose heap outgrows its
     // initial memory pays for growing it on every request.
@@ -166,6 +173,9 @@ config = { bucket = "huge", key = "principal" }
         };
         let mut micros = [0.0f64; 2];
         for (m, (config, set, metrics)) in modes.iter().enumerate() {
+            if only_mode.is_some_and(|o| o != m) {
+                continue;
+            }
             let route = config
                 .routes
                 .routes()

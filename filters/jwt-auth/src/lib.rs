@@ -32,8 +32,11 @@ use edgegate_filter_sdk::{
     clock, context, crypto, export_filter, log, Filter, Header, HeaderEdits, Phases, Request,
     RequestDecision, RequestEdits, Response,
 };
+use serde::de::IgnoredAny;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 const ALGORITHMS: &[&str] = &[
@@ -41,11 +44,38 @@ const ALGORITHMS: &[&str] = &[
     "ES384", "EdDSA",
 ];
 
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// A string or a list of strings (`issuer`, `audience`).
 enum OneOrMany {
     One(String),
     Many(Vec<String>),
+}
+
+/// By hand: `#[serde(untagged)]` buffers the value and tries each variant,
+/// which cost a quarter of parsing the config, and its error names no type.
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OneOrMany, A::Error> {
+                let mut list = Vec::new();
+                while let Some(s) = seq.next_element()? {
+                    list.push(s);
+                }
+                Ok(OneOrMany::Many(list))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 impl OneOrMany {
@@ -133,40 +163,135 @@ fn challenge(realm: &str, error: Option<&str>) -> RequestDecision {
     RequestDecision::Respond(Response::text(401, &body).with_header("www-authenticate", value))
 }
 
-/// Checks the token; `Err` holds the RFC 6750 error description.
-fn check(
+/// The JOSE header fields the filter reads. Other fields are skipped
+/// without being kept; a duplicate `alg`, `kid` or `crit` makes the token
+/// malformed (RFC 7515 §4 lets a parser refuse duplicates).
+#[derive(Deserialize)]
+struct JoseHeader<'a> {
+    #[serde(borrow)]
+    alg: Cow<'a, str>,
+    #[serde(borrow, default)]
+    kid: Option<Cow<'a, str>>,
+    /// Present at all, even as `null`: no critical extension is understood.
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+}
+
+impl<'a> JoseHeader<'a> {
+    /// The header, which must be a JSON object (a derived struct would
+    /// also take an array, field by field).
+    fn parse(json: &'a [u8]) -> Option<JoseHeader<'a>> {
+        let first = json.iter().find(|b| !b.is_ascii_whitespace())?;
+        if *first != b'{' {
+            return None;
+        }
+        serde_json::from_slice(json).ok()
+    }
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    IgnoredAny::deserialize(d).map(|_| true)
+}
+
+/// A token's claims, each kept as its raw JSON text and read only if a
+/// check or a forwarded header needs it: parsing every claim into a
+/// `serde_json::Value` cost more than all the checks (filter_bench).
+/// A repeated claim keeps its last value (RFC 7519 §4).
+struct Claims<'a>(BTreeMap<Name<'a>, &'a RawValue>);
+
+/// A claim name, borrowed from the token unless it has escapes.
+#[derive(Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl std::borrow::Borrow<str> for Name<'_> {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A JSON string, borrowed unless it has escapes; `None` for any other
+/// JSON value.
+fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    match serde_json::from_str::<&str>(text) {
+        Ok(s) => Some(Cow::Borrowed(s)),
+        Err(_) => serde_json::from_str::<String>(text).ok().map(Cow::Owned),
+    }
+}
+
+impl<'a> Claims<'a> {
+    fn parse(json: &'a [u8]) -> Option<Claims<'a>> {
+        serde_json::from_slice(json).ok().map(Claims)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    /// A string claim; `None` when absent or not a string.
+    fn str(&self, name: &str) -> Option<Cow<'a, str>> {
+        json_str(self.0.get(name)?)
+    }
+
+    /// A NumericDate claim (whole seconds); `Err` when present but not one.
+    fn time(&self, name: &str) -> Option<Result<u64, &'static str>> {
+        let raw = self.0.get(name)?;
+        Some(serde_json::from_str(raw.get()).map_err(|_| "malformed time claim"))
+    }
+
+    /// `aud` names `want` (one of them), as a string or within a list.
+    fn audience_in(&self, want: &OneOrMany) -> bool {
+        let Some(raw) = self.0.get("aud") else {
+            return false;
+        };
+        if let Some(one) = json_str(raw) {
+            return want.contains(&one);
+        }
+        serde_json::from_str::<Vec<&RawValue>>(raw.get()).is_ok_and(|list| {
+            list.iter()
+                .filter_map(|v| json_str(v))
+                .any(|a| want.contains(&a))
+        })
+    }
+
+    /// A claim as a forwarded header value ([`claim_value`]).
+    fn header_value(&self, name: &str) -> Option<String> {
+        let raw = self.0.get(name)?;
+        claim_value(&serde_json::from_str(raw.get()).ok()?)
+    }
+}
+
+/// Checks the token; `Err` holds the RFC 6750 error description. The
+/// claims borrow from `payload`, which receives the decoded claims JSON.
+fn check<'a>(
     token: &str,
     c: &Config,
     now: u64,
-) -> Result<serde_json::Map<String, Value>, &'static str> {
+    payload: &'a mut Vec<u8>,
+) -> Result<Claims<'a>, &'static str> {
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(s), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err("malformed token");
     };
-    let header: Value = b64(h)
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or("malformed token")?;
-    let alg = header
-        .get("alg")
-        .and_then(Value::as_str)
-        .ok_or("malformed token")?;
+    let header_json = b64(h).ok_or("malformed token")?;
+    let header = JoseHeader::parse(&header_json).ok_or("malformed token")?;
+    let alg = &*header.alg;
     if alg == "none" || !c.algorithms.iter().any(|a| a == alg) {
         return Err("algorithm not allowed");
     }
-    if header.get("crit").is_some() {
+    if header.crit {
         return Err("unsupported critical header");
     }
     let signature = b64(s).ok_or("malformed token")?;
-    let kid = header
-        .get("kid")
-        .and_then(Value::as_str)
-        .map(str::to_string);
     let signed = &token[..h.len() + 1 + p.len()];
     crypto::verify(
         &c.key_set,
-        kid.as_deref(),
+        header.kid.as_deref(),
         alg,
         signed.as_bytes(),
         &signature,
@@ -179,50 +304,39 @@ fn check(
             "keys unavailable"
         }
     })?;
-    let claims = match b64(p).and_then(|b| serde_json::from_slice::<Value>(&b).ok()) {
-        Some(Value::Object(claims)) => claims,
-        _ => return Err("malformed token"),
-    };
-    for name in &c.required_claims {
-        if !claims.contains_key(name) {
-            return Err("missing required claim");
-        }
+    *payload = b64(p).ok_or("malformed token")?;
+    let claims = Claims::parse(payload).ok_or("malformed token")?;
+    check_claims(&claims, c, now)?;
+    Ok(claims)
+}
+
+/// The claim checks of a token whose signature holds.
+fn check_claims(claims: &Claims, c: &Config, now: u64) -> Result<(), &'static str> {
+    if c.required_claims.iter().any(|name| !claims.has(name)) {
+        return Err("missing required claim");
     }
-    let time = |name: &str| {
-        claims
-            .get(name)
-            .map(|v| v.as_u64().ok_or("malformed time claim"))
-    };
-    if let Some(exp) = time("exp") {
+    if let Some(exp) = claims.time("exp") {
         if now > exp?.saturating_add(c.leeway_seconds) {
             return Err("token expired");
         }
     }
-    if let Some(nbf) = time("nbf") {
+    if let Some(nbf) = claims.time("nbf") {
         if now.saturating_add(c.leeway_seconds) < nbf? {
             return Err("token not yet valid");
         }
     }
     if let Some(issuers) = &c.issuer {
-        match claims.get("iss").and_then(Value::as_str) {
-            Some(iss) if issuers.contains(iss) => {}
+        match claims.str("iss") {
+            Some(iss) if issuers.contains(&iss) => {}
             _ => return Err("wrong issuer"),
         }
     }
     if let Some(audiences) = &c.audience {
-        let ok = match claims.get("aud") {
-            Some(Value::String(a)) => audiences.contains(a),
-            Some(Value::Array(list)) => list
-                .iter()
-                .filter_map(Value::as_str)
-                .any(|a| audiences.contains(a)),
-            _ => false,
-        };
-        if !ok {
+        if !claims.audience_in(audiences) {
             return Err("wrong audience");
         }
     }
-    Ok(claims)
+    Ok(())
 }
 
 /// A claim as a header value: strings and numbers, no control characters.
@@ -257,7 +371,8 @@ impl Filter for JwtAuth {
             _ => return challenge(&c.realm, None),
         };
         let now = clock::now_unix_ms() / 1000;
-        let claims = match check(token, &c, now) {
+        let mut payload = Vec::new();
+        let claims = match check(token, &c, now, &mut payload) {
             Ok(claims) => claims,
             Err(why) => return challenge(&c.realm, Some(why)),
         };
@@ -268,20 +383,17 @@ impl Filter for JwtAuth {
             .map(|h| h.to_ascii_lowercase())
             .collect();
         for (claim, header) in &c.forward_claims {
-            if let Some(v) = claims.get(claim).and_then(claim_value) {
+            if let Some(v) = claims.header_value(claim) {
                 set.push(Header::new(header, v));
             }
         }
         if c.strip_token {
             remove.push("authorization".into());
         }
-        let principal = claims
-            .get("sub")
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let principal = claims.str("sub").map(Cow::into_owned);
         let mut labels = Vec::new();
-        if let Some(iss) = claims.get("iss").and_then(Value::as_str) {
-            labels.push(("jwt.iss".to_string(), iss.to_string()));
+        if let Some(iss) = claims.str("iss") {
+            labels.push(("jwt.iss".to_string(), iss.into_owned()));
         }
         RequestDecision::Edit(RequestEdits {
             // Forwarded-claim headers are removed first so a client cannot
@@ -300,3 +412,144 @@ impl Filter for JwtAuth {
 }
 
 export_filter!(JwtAuth);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(json: &str) -> Config {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn checked(claims: &str, c: &Config, now: u64) -> Result<(), &'static str> {
+        let claims = Claims::parse(claims.as_bytes()).ok_or("malformed token")?;
+        check_claims(&claims, c, now)
+    }
+
+    #[test]
+    fn jose_header_fields() {
+        let h =
+            JoseHeader::parse(br#" {"typ":"JWT","alg":"ES256","kid":"k\u0031","x":[1,{"y":2}]}"#)
+                .unwrap();
+        assert_eq!(&*h.alg, "ES256");
+        assert!(matches!(h.alg, Cow::Borrowed(_)));
+        assert_eq!(h.kid.as_deref(), Some("k1"));
+        assert!(!h.crit);
+        let h = JoseHeader::parse(br#"{"alg":"HS256","crit":null}"#).unwrap();
+        assert!(h.crit, "`crit` counts even as null");
+        for bad in [
+            r#"{"kid":"k"}"#,
+            r#"{"alg":5}"#,
+            r#"{"alg":"HS256","alg":"none"}"#,
+            r#"["HS256"]"#,
+            r#" ["HS256", "k"]"#,
+            "",
+        ] {
+            assert!(JoseHeader::parse(bad.as_bytes()).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn issuer_and_audience_take_a_string_or_a_list() {
+        let c =
+            config(r#"{"key_set":"k","algorithms":["HS256"],"issuer":"a","audience":["x","y"]}"#);
+        assert!(matches!(&c.issuer, Some(OneOrMany::One(i)) if i == "a"));
+        assert!(matches!(&c.audience, Some(OneOrMany::Many(l)) if l == &["x", "y"]));
+        for bad in [
+            r#""issuer":5"#,
+            r#""issuer":["a",5]"#,
+            r#""audience":{"a":1}"#,
+        ] {
+            let json = format!(r#"{{"key_set":"k","algorithms":["HS256"],{bad}}}"#);
+            let e = serde_json::from_str::<Config>(&json)
+                .err()
+                .expect(bad)
+                .to_string();
+            assert!(
+                e.contains("a string or a list of strings") || e.contains("expected a string"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn time_claims_with_leeway() {
+        let c = config(r#"{"key_set":"k","algorithms":["HS256"],"leeway_seconds":10}"#);
+        assert_eq!(checked(r#"{"exp":1000}"#, &c, 1010), Ok(()));
+        assert_eq!(checked(r#"{"exp":1000}"#, &c, 1011), Err("token expired"));
+        assert_eq!(checked(r#"{"exp":1000,"nbf":1020}"#, &c, 1010), Ok(()));
+        assert_eq!(
+            checked(r#"{"exp":2000,"nbf":1021}"#, &c, 1010),
+            Err("token not yet valid")
+        );
+        for bad in [
+            r#"{"exp":1.5e3}"#,
+            r#"{"exp":"2000"}"#,
+            r#"{"exp":null}"#,
+            r#"{"exp":-1}"#,
+        ] {
+            assert_eq!(checked(bad, &c, 0), Err("malformed time claim"), "{bad}");
+        }
+        assert_eq!(
+            checked(r#"{"sub":"a"}"#, &c, 0),
+            Err("missing required claim")
+        );
+        assert_eq!(checked(r#"[1]"#, &c, 0), Err("malformed token"));
+        assert_eq!(
+            checked(r#"{"exp":9999,"exp":1}"#, &c, 100),
+            Err("token expired"),
+            "a repeated claim keeps its last value"
+        );
+    }
+
+    #[test]
+    fn issuer_audience_and_required_claims() {
+        let c = config(
+            r#"{"key_set":"k","algorithms":["HS256"],"issuer":["a","b"],"audience":"api","required_claims":["sub","ex\"tra"]}"#,
+        );
+        let ok = r#"{"sub":"s","ex\"tra":1,"iss":"b","aud":"api"}"#;
+        assert_eq!(checked(ok, &c, 0), Ok(()));
+        assert_eq!(
+            checked(
+                r#"{"sub":"s","ex\u0022tra":1,"iss":"b","aud":["x",3,"api"]}"#,
+                &c,
+                0
+            ),
+            Ok(()),
+            "escaped names and audience lists"
+        );
+        assert_eq!(
+            checked(r#"{"sub":"s","ex\"tra":1,"iss":"c","aud":"api"}"#, &c, 0),
+            Err("wrong issuer")
+        );
+        assert_eq!(
+            checked(r#"{"sub":"s","ex\"tra":1,"iss":["b"],"aud":"api"}"#, &c, 0),
+            Err("wrong issuer")
+        );
+        for aud in [r#""apix""#, r#"["x"]"#, r#"{"api":1}"#, "null"] {
+            let claims = format!(r#"{{"sub":"s","ex\"tra":1,"iss":"a","aud":{aud}}}"#);
+            assert_eq!(checked(&claims, &c, 0), Err("wrong audience"), "{aud}");
+        }
+        assert_eq!(
+            checked(r#"{"sub":"s","iss":"a","aud":"api"}"#, &c, 0),
+            Err("missing required claim")
+        );
+    }
+
+    #[test]
+    fn forwarded_claim_values() {
+        let claims = Claims::parse(
+            br#"{"s":"al\u0069ce","n":42,"f":1.5,"b":true,"o":{"x":1},"c":"a\nb","e":""}"#,
+        )
+        .unwrap();
+        assert_eq!(claims.header_value("s").as_deref(), Some("alice"));
+        assert_eq!(claims.header_value("n").as_deref(), Some("42"));
+        assert_eq!(claims.header_value("f").as_deref(), Some("1.5"));
+        assert_eq!(claims.header_value("b").as_deref(), Some("true"));
+        for none in ["o", "c", "e", "missing"] {
+            assert_eq!(claims.header_value(none), None, "{none}");
+        }
+        assert_eq!(claims.str("s").as_deref(), Some("alice"));
+        assert_eq!(claims.str("n"), None);
+    }
+}

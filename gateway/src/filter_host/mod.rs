@@ -22,7 +22,7 @@
 //!   `server.filter_recycling = false` makes every call fresh.
 //! - **Why recycle.** A fresh instance costs ≥ 4.3 µs however little the
 //!   guest does (bare `Store::new` + instantiate + drop of the no-op, one
-//!   thread): resetting its 128 KiB memory on drop (~15%), copying data
+//!   thread): resetting its memory on drop (~15% at 128 KiB), copying data
 //!   segments in, three core instances per component (module, shim,
 //!   fixup), function lookups, store bookkeeping. Research notes
 //!   (`wasm-feasibility.md`): fresh instance + call ≈ 19–30 µs pooled
@@ -38,7 +38,8 @@
 //!   another's data). Measured (`filter_bench`, one thread, µs per
 //!   request, fresh → recycled): no-op 9.4 → 4.2, jwt ES256 + rate-limit
 //!   20.5 → 11.5, jwt + rate-limit + headers 30.1 → 15.2. The reset itself
-//!   is a `memory.fill` of the 128 KiB and a copy of the data segments,
+//!   is a `memory.fill` of the memory the data segments leave (64 KiB in
+//!   all for the first-party header filters) and a copy of the segments,
 //!   and a recycled instance never goes back to the pool, so its memory is
 //!   never decommitted (no `madvise`, no TLB shootdown on other threads).
 //!   Up to four reset instances wait per route filter, at
@@ -56,20 +57,23 @@
 //!   of linear memory, so a 1 MiB stack put the memory a call touches
 //!   outside the pool's 256 KiB resident window and every call paid page
 //!   faults; jwt-auth 30.5 → 11.9 µs, the jwt + rate-limit + headers chain
-//!   91 → 30 µs. First-party filters and `edgegate filter new` crates link
-//!   with the small stack (it also halves what a reset zeroes).
+//!   91 → 30 µs. `edgegate filter new` crates link with a 64 KiB stack,
+//!   the first-party header filters with 16 KiB (below).
 //! - **A guest's memory: size it to never grow.** Resetting an instance
 //!   zeroes its whole accessible memory (no dirty-page tracking), and a
 //!   memory that grew past its initial size is shrunk back with `mprotect`
 //!   on the next instantiation and grown again by the next call. Measured
 //!   with `filter_bench N all COOKIE_BYTES` (session 5): a guest whose heap
 //!   outgrows its initial memory costs **~9 µs more per call** (jwt-auth
-//!   11 → 21 µs); with the 64 KiB stack the first-party filters start at
-//!   128 KiB and stay there up to ~30 KiB of request headers (the host
-//!   copies the whole request head in). A 16 KiB stack halves the memory
-//!   to reset (−0.6 µs per filter in process) but moves that cliff to
-//!   ~15 KiB of headers, and through the proxy the gain was within noise,
-//!   so the 64 KiB stack stays. `filter_bench` prints each filter's peak
+//!   11 → 21 µs). With a 64 KiB stack the first-party filters started at
+//!   128 KiB and stayed there up to ~30 KiB of request headers (the host
+//!   copies the whole request head in). With a 16 KiB stack they start at
+//!   one 64 KiB page, which halves what every reset of a recycled instance
+//!   rewrites: −0.5 µs per filter call in process, /jwt-rl 0.67× → 0.74×
+//!   of /plain through the proxy together with the other session-8 changes
+//!   (session 5 measured it within noise when every call was fresh and the
+//!   pool did the zeroing). It moves the cliff to ~13 KiB of request
+//!   headers, past which a call runs fresh. `filter_bench` prints each filter's peak
 //!   memory. A call that grew its memory is also never recycled (a wasm
 //!   memory cannot shrink), so a filter that grows on most requests loses
 //!   recycling too.
@@ -1086,7 +1090,7 @@ impl FilterSet {
         // 20 ms request deadline, so it gets its own, longer one.
         let facts = Arc::new(RequestFacts::default());
         let phases = run_blocking(async {
-            let mut store = loaded.store(facts);
+            let mut store = loaded.store(facts, Instant::now());
             store.data_mut().deadline =
                 Instant::now() + LOAD_CALL_DEADLINE.max(loaded.spec.timeout);
             let instance = loaded.pre.instantiate_async(&mut store).await?;
@@ -1100,7 +1104,8 @@ impl FilterSet {
 }
 
 impl LoadedFilter {
-    fn store(&self, facts: Arc<RequestFacts>) -> Store<HostState> {
+    /// A new store for one call that starts at `now`.
+    fn store(&self, facts: Arc<RequestFacts>, now: Instant) -> Store<HostState> {
         let state = HostState {
             wasi: None,
             table: ResourceTable::new(),
@@ -1118,7 +1123,7 @@ impl LoadedFilter {
             facts,
             filter: Arc::clone(&self.shared),
             logs_left: LOG_BUDGET,
-            deadline: Instant::now() + self.spec.timeout,
+            deadline: now + self.spec.timeout,
         };
         let mut store = Store::new(&self.engine.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -1155,8 +1160,14 @@ impl LoadedFilter {
     }
 
     /// Runs the phase export `which` picks, typed `P -> (D,)`, in a
-    /// recycled instance when one waits, else a fresh one (only that export
-    /// is looked up and type-checked).
+    /// recycled instance when one waits, else a fresh one.
+    ///
+    /// The export is fetched by its index and not type-checked again:
+    /// `bindings::FilterPre::new` checked every phase export against the WIT
+    /// world at load, which is what `bindgen!`'s own calls rely on too, and
+    /// saves ~0.15 µs a call. So `P` and `D` must be that export's WIT types:
+    /// only [`Self::on_request`], [`Self::on_response`] and
+    /// [`Self::on_response_body`] call this, each with its phase's.
     async fn call<P, D>(
         &self,
         facts: Arc<RequestFacts>,
@@ -1169,19 +1180,21 @@ impl LoadedFilter {
         D: 'static,
         (D,): ComponentNamedList + Lift + Send + Sync,
     {
-        let started = Instant::now();
+        // One clock read starts the call (its deadline, its run time);
+        // a fresh instance reads another once instantiated.
+        let mut started = Instant::now();
         let (mut store, instance, reset) = match self.warm.take() {
             Some(Warm {
                 mut store,
                 instance,
                 reset,
             }) => {
-                Self::rearm(&mut store, facts, self.spec.timeout);
+                Self::rearm(&mut store, facts, started + self.spec.timeout);
                 self.metrics(metrics).recycled.inc();
                 (store, instance, Some(reset))
             }
             None => {
-                let mut store = self.store(facts);
+                let mut store = self.store(facts, started);
                 let instance = self
                     .pre
                     .instance_pre()
@@ -1190,14 +1203,24 @@ impl LoadedFilter {
                     .map_err(|e| self.classify(&e))?;
                 let m = self.metrics(metrics);
                 m.fresh.inc();
-                m.instantiate.observe(started.elapsed().as_secs_f64());
+                let now = Instant::now();
+                m.instantiate.observe((now - started).as_secs_f64());
+                started = now;
                 (store, instance, None)
             }
         };
         let func = instance
-            .get_typed_func::<P, (D,)>(&mut store, which(&self.exports))
-            .map_err(|e| self.classify(&e))?;
-        let started = Instant::now();
+            .get_func(&mut store, which(&self.exports))
+            .ok_or_else(|| FilterFailure {
+                filter: self.spec.name.clone(),
+                kind: FailureKind::Trap,
+                detail: "the phase export is missing from the instance".into(),
+            })?;
+        // SAFETY: the export's type was checked against `P -> (D,)` at load
+        // (see above); a component instance's exports are those of its
+        // component.
+        #[allow(unsafe_code)]
+        let func = unsafe { wasmtime::component::TypedFunc::<P, (D,)>::new_unchecked(func) };
         let out = func
             .call_async(&mut store, args)
             .await
@@ -1212,11 +1235,11 @@ impl LoadedFilter {
 
     /// Readies a reset instance's store for a new request: its facts, log
     /// budget and deadline; a new WASI context if the guest asks for one.
-    fn rearm(store: &mut Store<HostState>, facts: Arc<RequestFacts>, timeout: Duration) {
+    fn rearm(store: &mut Store<HostState>, facts: Arc<RequestFacts>, deadline: Instant) {
         let state = store.data_mut();
         state.facts = facts;
         state.logs_left = LOG_BUDGET;
-        state.deadline = Instant::now() + timeout;
+        state.deadline = deadline;
         state.limits.grew = false;
         state.wasi = None;
         store.set_epoch_deadline(1);

@@ -47,8 +47,8 @@ pub const ARTIFACT_TAG: &str = "-recycle2";
 /// allocator keeps resident and zeroes itself for a fresh instance
 /// (`linear_memory_keep_resident`). A guest starting with more memory keeps
 /// fresh instances: past this size the pool's `madvise` is cheaper than a
-/// `memory.fill` (image-transform starts at 1.7 MiB; header filters at
-/// 128 KiB).
+/// `memory.fill` (image-transform starts at 1.7 MiB; the header filters at
+/// 64 KiB).
 pub const MAX_RESET_BYTES: u64 = 256 << 10;
 
 /// What one core module holds that a reset must restore.

@@ -1693,7 +1693,7 @@ path = "{}"
         } else {
             assert_eq!(recycled, 0.0);
         }
-        // 80 KiB of headers grow the guest's 128 KiB memory: that instance
+        // 80 KiB of headers grow the guest's 64 KiB memory: that instance
         // is dropped, and the next calls are still clean.
         assert_eq!(
             ask("secret-77".into(), 80 << 10).await,

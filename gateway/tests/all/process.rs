@@ -433,7 +433,7 @@ fn filter_test_runs_a_routes_chain_from_a_real_config() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("memory: `jwt-auth` used 128 KiB of linear memory per call"),
+        stdout.contains("memory: `jwt-auth` used 64 KiB of linear memory per call"),
         "{stdout}"
     );
     assert!(!stdout.contains("grew past"), "{stdout}");
