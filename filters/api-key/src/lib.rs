@@ -52,7 +52,15 @@ fn yes() -> bool {
     true
 }
 
-fn config() -> Config {
+/// The route's config, parsed once per instance: in `phases`, which a
+/// recycled instance runs before its snapshot, so its requests start with
+/// the parsed config and skip the parse.
+fn config() -> &'static Config {
+    static CONFIG: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
+    CONFIG.get_or_init(parse_config)
+}
+
+fn parse_config() -> Config {
     let fail = |why: String| -> ! {
         log::write(
             log::Level::Error,

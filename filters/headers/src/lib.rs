@@ -62,7 +62,15 @@ struct Config {
 
 /// The route's config. It was validated when the filter loaded (a bad one
 /// fails `phases`, so the config load), so later calls cannot fail.
-fn config() -> Config {
+/// The route's config, parsed once per instance: in `phases`, which a
+/// recycled instance runs before its snapshot, so its requests start with
+/// the parsed config and skip the parse.
+fn config() -> &'static Config {
+    static CONFIG: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
+    CONFIG.get_or_init(parse_config)
+}
+
+fn parse_config() -> Config {
     match serde_json::from_str(&context::config()) {
         Ok(c) => c,
         Err(e) => {

@@ -117,7 +117,15 @@ fn default_realm() -> String {
     "edgegate".into()
 }
 
-fn config() -> Config {
+/// The route's config, parsed once per instance: in `phases`, which a
+/// recycled instance runs before its snapshot, so its requests start with
+/// the parsed config and skip the parse.
+fn config() -> &'static Config {
+    static CONFIG: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
+    CONFIG.get_or_init(parse_config)
+}
+
+fn parse_config() -> Config {
     let fail = |why: String| -> ! {
         log::write(
             log::Level::Error,
@@ -372,7 +380,7 @@ impl Filter for JwtAuth {
         };
         let now = clock::now_unix_ms() / 1000;
         let mut payload = Vec::new();
-        let claims = match check(token, &c, now, &mut payload) {
+        let claims = match check(token, c, now, &mut payload) {
             Ok(claims) => claims,
             Err(why) => return challenge(&c.realm, Some(why)),
         };

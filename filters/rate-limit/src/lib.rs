@@ -44,7 +44,15 @@ fn one() -> u32 {
     1
 }
 
-fn config() -> Config {
+/// The route's config, parsed once per instance: in `phases`, which a
+/// recycled instance runs before its snapshot, so its requests start with
+/// the parsed config and skip the parse.
+fn config() -> &'static Config {
+    static CONFIG: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
+    CONFIG.get_or_init(parse_config)
+}
+
+fn parse_config() -> Config {
     match serde_json::from_str::<Config>(&context::config()) {
         Ok(c)
             if c.key == "ip"
@@ -170,7 +178,7 @@ impl Filter for RateLimit {
 
     fn on_request(request: Request) -> RequestDecision {
         let c = config();
-        match rate_limit::check(&c.bucket, &key(&request, &c), c.cost) {
+        match rate_limit::check(&c.bucket, &key(&request, c), c.cost) {
             Ok(rate_limit::Outcome::Allowed(_)) => RequestDecision::Continue,
             Ok(rate_limit::Outcome::Limited(l)) => {
                 let window = secs_ceil(l.state.reset_after_ms);

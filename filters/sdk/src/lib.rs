@@ -124,9 +124,27 @@ pub mod crypto {
 /// A filter. Implement the phases you list in [`Filter::phases`]; the
 /// others are never called.
 pub trait Filter {
-    /// The phases this filter takes part in. Called once when the gateway
-    /// loads the filter; [`context::config`] is readable here, so the answer
-    /// may depend on the route's configuration.
+    /// The phases this filter takes part in. Called when the gateway loads
+    /// the filter; [`context::config`] is readable here, so the answer may
+    /// depend on the route's configuration.
+    ///
+    /// It is also the place to parse that config once: where the gateway
+    /// recycles instances it runs `phases` in each new one, before any
+    /// request and with no request in [`context`], and every request in
+    /// that instance starts from the memory `phases` left. A config kept in
+    /// a `static` `OnceLock` filled here is parsed once per instance rather
+    /// than once per request (the first-party filters do this):
+    ///
+    /// ```ignore
+    /// fn config() -> &'static Config {
+    ///     static CONFIG: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
+    ///     CONFIG.get_or_init(|| serde_json::from_str(&context::config()).unwrap())
+    /// }
+    /// fn phases() -> Phases {
+    ///     config();
+    ///     Phases::REQUEST_HEAD
+    /// }
+    /// ```
     fn phases() -> Phases;
 
     /// Runs for each request, before the cache and the upstream.

@@ -1633,9 +1633,11 @@ fn sample(metrics: &str, series: &str) -> f64 {
 /// between calls: a guest that keeps a counter in a static, the previous
 /// request's secret on its heap, and scans its whole memory for other
 /// requests' secrets finds nothing, request after request, while the
-/// metrics show the calls did run in reused instances. A call that grows
-/// the guest's memory is not recycled (a memory cannot shrink). With
-/// recycling off every call is fresh.
+/// metrics show the calls did run in reused instances. What the guest's
+/// `phases` left (run once per recycled instance, then snapshotted) is
+/// there for every request, and it saw nothing of any request. A call that
+/// grows the guest's memory is not recycled (a memory cannot shrink). With
+/// recycling off every call is fresh and `phases` never runs in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recycled_instances_carry_nothing_from_one_request_to_the_next() {
     let o = Origin::start("o").await;
@@ -1656,6 +1658,10 @@ path = "{}"
             &format!("[server]\nfilter_recycling = {recycling}\n"),
         );
         let gw = Gateway::start(&text).await;
+        let clean = format!(
+            "calls=1 previous=none residue=none phases={}",
+            if recycling { "clean" } else { "none" }
+        );
         let ask = |secret: String, pad: usize| {
             let url = gw.url("/x");
             async move {
@@ -1673,7 +1679,7 @@ path = "{}"
         for i in 0..30 {
             assert_eq!(
                 ask(format!("secret-{}", 1000 + i), 0).await,
-                "calls=1 previous=none residue=none",
+                clean,
                 "request {i}, recycling {recycling}"
             );
         }
@@ -1695,15 +1701,9 @@ path = "{}"
         }
         // 80 KiB of headers grow the guest's 64 KiB memory: that instance
         // is dropped, and the next calls are still clean.
-        assert_eq!(
-            ask("secret-77".into(), 80 << 10).await,
-            "calls=1 previous=none residue=none"
-        );
+        assert_eq!(ask("secret-77".into(), 80 << 10).await, clean);
         for i in 0..4 {
-            assert_eq!(
-                ask(format!("secret-{}", 2000 + i), 0).await,
-                "calls=1 previous=none residue=none"
-            );
+            assert_eq!(ask(format!("secret-{}", 2000 + i), 0).await, clean);
         }
         let m = gw.metrics().await;
         assert!(
