@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 const SDK_LIB: &str = include_str!("../../../filters/sdk/src/lib.rs");
+const SDK_ARENA: &str = include_str!("../../../filters/sdk/src/arena.rs");
 const WIT: &str = include_str!("../../../filters/wit/filter.wit");
 
 fn files(name: &str) -> Vec<(String, String)> {
@@ -135,6 +136,10 @@ wit-bindgen = { version = "0.57", default-features = false, features = ["macros"
             .into(),
         ),
         ("vendor/edgegate-filter-sdk/src/lib.rs".into(), SDK_LIB.into()),
+        (
+            "vendor/edgegate-filter-sdk/src/arena.rs".into(),
+            SDK_ARENA.into(),
+        ),
         ("vendor/wit/filter.wit".into(), WIT.into()),
     ]
 }
