@@ -47,8 +47,9 @@
 //!   another's data). Measured (`filter_bench`, one thread, µs per
 //!   request, fresh → recycled): no-op 9.4 → 4.2, jwt ES256 + rate-limit
 //!   20.5 → 11.5, jwt + rate-limit + headers 30.1 → 15.2. The reset itself
-//!   is a `memory.fill` of the memory the data segments leave (64 KiB in
-//!   all for the first-party header filters) and a copy of the segments,
+//!   is one `memory.copy` of the whole memory from its saved state (64 KiB
+//!   for the first-party header filters; until session 8 a `memory.fill`
+//!   plus a copy of the data segments, ~the same cost) and the globals,
 //!   and a recycled instance never goes back to the pool, so its memory is
 //!   never decommitted (no `madvise`, no TLB shootdown on other threads).
 //!   Up to four reset instances wait per route filter, at
@@ -78,8 +79,8 @@
 //!   128 KiB and stayed there up to ~30 KiB of request headers (the host
 //!   copies the whole request head in). With a 16 KiB stack they start at
 //!   one 64 KiB page, which halves what every reset of a recycled instance
-//!   rewrites: −0.5 µs per filter call in process, /jwt-rl 0.67× → 0.74×
-//!   of /plain through the proxy together with the other session-8 changes
+//!   rewrites: −0.5 µs per filter call in process (/jwt-rl added 13.9 →
+//!   10.0 µs through the proxy with the other session-8 changes, `ab.py`)
 //!   (session 5 measured it within noise when every call was fresh and the
 //!   pool did the zeroing). It moves the cliff to ~13 KiB of request
 //!   headers, past which a call runs fresh. `filter_bench` prints each filter's peak
