@@ -47,10 +47,18 @@
 //!   another's data). Measured (`filter_bench`, one thread, µs per
 //!   request, fresh → recycled): no-op 9.4 → 4.2, jwt ES256 + rate-limit
 //!   20.5 → 11.5, jwt + rate-limit + headers 30.1 → 15.2. The reset itself
-//!   is one `memory.copy` of the whole memory from its saved state (64 KiB
-//!   for the first-party header filters; until session 8 a `memory.fill`
-//!   plus a copy of the data segments, ~the same cost) and the globals,
-//!   and a recycled instance never goes back to the pool, so its memory is
+//!   copies back, from the saved state, the 1 KiB granules of memory the
+//!   call may have written (the module is instrumented to mark them:
+//!   guest stores, bulk memory operations, and host writes through
+//!   `realloc` and result pointers; [`recycle`]) and the globals. Until
+//!   session 9 it copied the whole memory, 64 KiB for the first-party
+//!   header filters, which `perf` showed to be ~0.85 µs per call through
+//!   the proxy, the largest single cost of a recycled call. And it runs
+//!   inside the call's own post-return function, not as a second call
+//!   into the instance. Both together: no-op 2.0 → 1.3 µs, jwt ES256 +
+//!   rate-limit 7.4 → 6.2, the three-filter chain 9.3–10.6 → 7.3
+//!   (`filter_bench`, session 9). A recycled instance never goes back to
+//!   the pool, so its memory is
 //!   never decommitted (no `madvise`, no TLB shootdown on other threads).
 //!   Up to four reset instances wait per route filter, at
 //!   most half the pool over all filters, so fresh instances always find a
@@ -130,6 +138,8 @@ use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use bindings::types::Phases;
+#[cfg(test)]
+const FOLDED_PHASES: &[&str] = &CALL_EXPORTS;
 
 /// Component instances the pool holds at once (concurrent filter calls).
 const POOL_INSTANCES: u32 = 256;
@@ -222,6 +232,13 @@ impl std::fmt::Display for DeadlineExceeded {
 }
 impl std::error::Error for DeadlineExceeded {}
 
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(digest.as_ref());
+    hash
+}
+
 /// The process-wide wasmtime engine and its epoch ticker.
 pub struct FilterEngine {
     engine: Engine,
@@ -238,6 +255,8 @@ struct Compiled {
     fresh_only: Option<String>,
     /// Whether it carries the reset [`recycle::instrument`] built in.
     resettable: bool,
+    /// Its exports whose post-return resets ([`recycle::Instrumented`]).
+    folded: Vec<String>,
 }
 
 fn ticker(engine: Weak<FilterEngine>) {
@@ -309,9 +328,7 @@ impl FilterEngine {
         cache_dir: Option<&Path>,
         recycle: bool,
     ) -> wasmtime::Result<Compiled> {
-        let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-        let mut hash = [0u8; 32];
-        hash.copy_from_slice(digest.as_ref());
+        let hash = sha256(bytes);
         if let Some(c) = self
             .compiled
             .lock()
@@ -321,21 +338,31 @@ impl FilterEngine {
             return Ok(c.clone());
         }
         let instrumented = recycle.then(|| {
-            recycle::instrument(bytes).and_then(|b| {
-                self.compile(&b, &hash, recycle::ARTIFACT_TAG, cache_dir)
-                    .map_err(|e| format!("the instrumented component does not compile: {e:#}"))
+            recycle::instrument(bytes, &CALL_EXPORTS).and_then(|i| {
+                // Cached by what was compiled: an artifact of an older
+                // instrumentation of the same source is never taken for it.
+                self.compile(
+                    &i.bytes,
+                    &sha256(&i.bytes),
+                    recycle::ARTIFACT_TAG,
+                    cache_dir,
+                )
+                .map(|component| (component, i.folded))
+                .map_err(|e| format!("the instrumented component does not compile: {e:#}"))
             })
         });
         let compiled = match instrumented {
-            Some(Ok(component)) => Compiled {
+            Some(Ok((component, folded))) => Compiled {
                 component,
                 fresh_only: None,
                 resettable: true,
+                folded,
             },
             not => Compiled {
                 component: self.compile(bytes, &hash, "", cache_dir)?,
                 fresh_only: not.and_then(Result::err),
                 resettable: false,
+                folded: Vec::new(),
             },
         };
         self.compiled
@@ -721,18 +748,41 @@ fn idle_facts() -> Arc<RequestFacts> {
     Arc::clone(IDLE.get_or_init(|| Arc::new(RequestFacts::default())))
 }
 
-/// Where a recycled filter's reset and snapshot exports are.
+/// Where a recycled filter's reset and snapshot exports are, and which
+/// phase calls reset on their own ([`recycle::Instrumented::folded`]).
 struct Recycling {
     reset: ComponentExportIndex,
     snapshot: ComponentExportIndex,
+    /// By [`Call`]: the export's post-return resets, so the host does not.
+    folded: [bool; 3],
 }
+
+/// The phase exports a request calls, indexing [`PhaseExports::calls`].
+#[derive(Clone, Copy)]
+enum Call {
+    Request = 0,
+    Response = 1,
+    ResponseBody = 2,
+}
+
+/// The exports [`Call`] names, in its order. Their post-returns get the
+/// reset folded in ([`recycle::instrument`]).
+const CALL_EXPORTS: [&str; 3] = ["on-request", "on-response", "on-response-body"];
 
 /// An instance that finished a call and was reset, with its store.
 struct Warm {
     store: Store<HostState>,
     instance: wasmtime::component::Instance,
-    /// Its reset export, looked up and type-checked once.
-    reset: wasmtime::component::TypedFunc<(), ()>,
+    funcs: InstanceFuncs,
+}
+
+/// An instance's exports as the host calls them, each looked up once.
+#[derive(Default)]
+struct InstanceFuncs {
+    /// By [`Call`].
+    calls: [Option<wasmtime::component::Func>; 3],
+    /// The reset export, type-checked.
+    reset: Option<wasmtime::component::TypedFunc<(), ()>>,
 }
 
 /// Warm instances kept per route filter: one per worker thread is what a
@@ -790,9 +840,8 @@ impl Drop for WarmPool {
 /// index found once (measured: `loadtest/RESULTS.md`).
 struct PhaseExports {
     phases: ComponentExportIndex,
-    on_request: ComponentExportIndex,
-    on_response: ComponentExportIndex,
-    on_response_body: ComponentExportIndex,
+    /// By [`Call`].
+    calls: [ComponentExportIndex; 3],
 }
 
 impl PhaseExports {
@@ -804,9 +853,11 @@ impl PhaseExports {
         };
         Ok(Self {
             phases: index("phases")?,
-            on_request: index("on-request")?,
-            on_response: index("on-response")?,
-            on_response_body: index("on-response-body")?,
+            calls: [
+                index(CALL_EXPORTS[0])?,
+                index(CALL_EXPORTS[1])?,
+                index(CALL_EXPORTS[2])?,
+            ],
         })
     }
 }
@@ -1084,6 +1135,7 @@ impl FilterSet {
             Some(Recycling {
                 reset: index(recycle::RESET_EXPORT)?,
                 snapshot: index(recycle::SNAPSHOT_EXPORT)?,
+                folded: CALL_EXPORTS.map(|name| compiled.folded.iter().any(|f| f == name)),
             })
         } else {
             None
@@ -1184,10 +1236,11 @@ impl LoadedFilter {
         }
     }
 
-    /// Runs the phase export `which` picks, typed `P -> (D,)`, in a
+    /// Runs the phase export `call` names, typed `P -> (D,)`, in a
     /// recycled instance when one waits, else a fresh one.
     ///
-    /// The export is fetched by its index and not type-checked again:
+    /// The export is fetched by its index (once per instance) and not
+    /// type-checked again:
     /// `bindings::FilterPre::new` checked every phase export against the WIT
     /// world at load, which is what `bindgen!`'s own calls rely on too, and
     /// saves ~0.15 µs a call. So `P` and `D` must be that export's WIT types:
@@ -1197,7 +1250,7 @@ impl LoadedFilter {
         &self,
         facts: Arc<RequestFacts>,
         metrics: &Metrics,
-        which: fn(&PhaseExports) -> &ComponentExportIndex,
+        call: Call,
         args: P,
     ) -> Result<D, FilterFailure>
     where
@@ -1208,15 +1261,15 @@ impl LoadedFilter {
         // One clock read starts the call (its deadline, its run time);
         // a fresh instance reads another once instantiated.
         let mut started = Instant::now();
-        let (mut store, instance, reset) = match self.warm.take() {
+        let (mut store, instance, mut funcs) = match self.warm.take() {
             Some(Warm {
                 mut store,
                 instance,
-                reset,
+                funcs,
             }) => {
                 Self::rearm(&mut store, facts, started + self.spec.timeout);
                 self.metrics(metrics).recycled.inc();
-                (store, instance, Some(reset))
+                (store, instance, funcs)
             }
             None => {
                 let (store, instance) = match &self.recycling {
@@ -1244,16 +1297,23 @@ impl LoadedFilter {
                 let now = Instant::now();
                 m.instantiate.observe((now - started).as_secs_f64());
                 started = now;
-                (store, instance, None)
+                (store, instance, InstanceFuncs::default())
             }
         };
-        let func = instance
-            .get_func(&mut store, which(&self.exports))
-            .ok_or_else(|| FilterFailure {
-                filter: self.spec.name.clone(),
-                kind: FailureKind::Trap,
-                detail: "the phase export is missing from the instance".into(),
-            })?;
+        let func = match funcs.calls[call as usize] {
+            Some(func) => func,
+            None => {
+                let func = instance
+                    .get_func(&mut store, self.exports.calls[call as usize])
+                    .ok_or_else(|| FilterFailure {
+                        filter: self.spec.name.clone(),
+                        kind: FailureKind::Trap,
+                        detail: "the phase export is missing from the instance".into(),
+                    })?;
+                funcs.calls[call as usize] = Some(func);
+                func
+            }
+        };
         // SAFETY: the export's type was checked against `P -> (D,)` at load
         // (see above); a component instance's exports are those of its
         // component.
@@ -1266,7 +1326,7 @@ impl LoadedFilter {
             .map_err(|e| self.classify(&e));
         self.observe_call(&store, started, metrics);
         if out.is_ok() {
-            self.recycle(store, instance, reset).await;
+            self.recycle(store, instance, funcs, call).await;
         }
         out
     }
@@ -1315,39 +1375,44 @@ impl LoadedFilter {
         store.set_epoch_deadline(1);
     }
 
-    /// Resets an instance whose call succeeded and keeps it for the next
+    /// Resets an instance whose `call` succeeded and keeps it for the next
     /// call, unless the call left state the reset cannot take back: a
     /// memory that grew (a wasm memory cannot shrink) or an open resource
-    /// handle. A reset that fails (its deadline, a trap) drops it.
-    /// `reset` is the instance's reset export when it was recycled before.
+    /// handle. A reset that fails (its deadline, a trap) drops it. Where
+    /// the export's post-return reset already (`folded`), there is nothing
+    /// left to call.
     async fn recycle(
         &self,
         mut store: Store<HostState>,
         instance: wasmtime::component::Instance,
-        reset: Option<wasmtime::component::TypedFunc<(), ()>>,
+        mut funcs: InstanceFuncs,
+        call: Call,
     ) {
-        let Some(Recycling { reset: index, .. }) = &self.recycling else {
+        let Some(recycling) = &self.recycling else {
             return;
         };
         if store.data().limits.grew || !store.data().table.is_empty() {
             return;
         }
-        let reset = match reset {
-            Some(f) => f,
-            None => match instance.get_typed_func::<(), ()>(&mut store, index) {
-                Ok(f) => f,
-                Err(_) => return,
-            },
-        };
-        if reset.call_async(&mut store, ()).await.is_ok() {
-            // The request's facts are not kept while the instance waits.
-            store.data_mut().facts = idle_facts();
-            self.warm.put(Warm {
-                store,
-                instance,
-                reset,
-            });
+        if !recycling.folded[call as usize] {
+            let reset = match funcs.reset {
+                Some(f) => f,
+                None => match instance.get_typed_func::<(), ()>(&mut store, &recycling.reset) {
+                    Ok(f) => *funcs.reset.insert(f),
+                    Err(_) => return,
+                },
+            };
+            if reset.call_async(&mut store, ()).await.is_err() {
+                return;
+            }
         }
+        // The request's facts are not kept while the instance waits.
+        store.data_mut().facts = idle_facts();
+        self.warm.put(Warm {
+            store,
+            instance,
+            funcs,
+        });
     }
 
     /// Runs `on-request` in a fresh or recycled instance.
@@ -1357,7 +1422,7 @@ impl LoadedFilter {
         head: &wit::RequestHead,
         metrics: &Metrics,
     ) -> Result<wit::RequestDecision, FilterFailure> {
-        self.call(facts, metrics, |e| &e.on_request, (head,)).await
+        self.call(facts, metrics, Call::Request, (head,)).await
     }
 
     /// Runs `on-response` in a fresh or recycled instance.
@@ -1368,7 +1433,7 @@ impl LoadedFilter {
         response: &wit::ResponseHead,
         metrics: &Metrics,
     ) -> Result<wit::ResponseDecision, FilterFailure> {
-        self.call(facts, metrics, |e| &e.on_response, (head, response))
+        self.call(facts, metrics, Call::Response, (head, response))
             .await
     }
 
@@ -1381,13 +1446,8 @@ impl LoadedFilter {
         body: &[u8],
         metrics: &Metrics,
     ) -> Result<wit::BodyDecision, FilterFailure> {
-        self.call(
-            facts,
-            metrics,
-            |e| &e.on_response_body,
-            (head, response, body),
-        )
-        .await
+        self.call(facts, metrics, Call::ResponseBody, (head, response, body))
+            .await
     }
 
     /// Records a finished call's run time and peak linear memory.
