@@ -138,8 +138,6 @@ use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use bindings::types::Phases;
-#[cfg(test)]
-const FOLDED_PHASES: &[&str] = &CALL_EXPORTS;
 
 /// Component instances the pool holds at once (concurrent filter calls).
 const POOL_INSTANCES: u32 = 256;

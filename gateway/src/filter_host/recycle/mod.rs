@@ -582,7 +582,11 @@ fn rewrite_module(
     let mut imported_funcs = 0u32;
     let mut imported_globals = 0u32;
     let mut defined_globals = 0u32;
+    let mut mutable_count = 0u32;
     let mut has_globals = false;
+    // Tracking needs a memory, and a global section to add the mask to
+    // (known before the exports: the global section precedes them).
+    let trackable = |has_globals: bool| tracked.is_some() && facts.initial_pages > 0 && has_globals;
     let mut wrappers: Vec<(&str, u32, u32, bool)> = Vec::new();
     for payload in Parser::new(0).parse_all(module) {
         match payload.map_err(text)? {
@@ -630,8 +634,10 @@ fn rewrite_module(
             Payload::GlobalSection(reader) => {
                 has_globals = true;
                 defined_globals = reader.count();
+                for g in reader {
+                    mutable_count += g.map_err(text)?.ty.mutable as u32;
+                }
             }
-            // (The global section comes before the exports.)
             Payload::ExportSection(reader) => {
                 for export in reader {
                     let export = export.map_err(text)?;
@@ -639,9 +645,8 @@ fn rewrite_module(
                         return Err(format!("a core module already exports `{}`", export.name));
                     }
                     let post = wrap.iter().any(|w| w == export.name);
-                    let realloc = tracked.is_some_and(|r| r.iter().any(|w| w == export.name))
-                        && facts.initial_pages > 0
-                        && has_globals;
+                    let realloc = trackable(has_globals)
+                        && tracked.is_some_and(|r| r.iter().any(|w| w == export.name));
                     if export.kind != wasmparser::ExternalKind::Func || !(post || realloc) {
                         continue;
                     }
@@ -678,36 +683,21 @@ fn rewrite_module(
     let first = imported_funcs + defined_funcs;
     let mark = first + 2 + wrappers.len() as u32;
     // Appended globals: the shadows, then the dirty mask.
-    let mutable_count = {
-        let mut n = 0;
-        for payload in Parser::new(0).parse_all(module) {
-            if let Payload::GlobalSection(reader) = payload.map_err(text)? {
-                for g in reader {
-                    n += g.map_err(text)?.ty.mutable as u32;
-                }
-            }
-        }
-        n
-    };
-    // Tracking needs a memory, and a global section to add the mask to.
-    let plan = match tracked {
-        Some(_) if facts.initial_pages > 0 && has_globals => Some(track::Plan {
-            shift: track::shift_for(facts.initial_pages << 16),
-            total: (facts.initial_pages << 16) as u32,
-            dirty: imported_globals + defined_globals + mutable_count,
-            mark,
-            // A call passes a result pointer last when the callee returns
-            // nothing and its last parameter is an i32 (the canonical ABI).
-            result_pointer: func_types[..imported_funcs as usize]
-                .iter()
-                .map(|t| {
-                    matches!(&signatures[*t as usize], Some((params, results))
+    let plan = trackable(has_globals).then(|| track::Plan {
+        shift: track::shift_for(facts.initial_pages << 16),
+        total: (facts.initial_pages << 16) as u32,
+        dirty: imported_globals + defined_globals + mutable_count,
+        mark,
+        // A call passes a result pointer last when the callee returns
+        // nothing and its last parameter is an i32 (the canonical ABI).
+        result_pointer: func_types[..imported_funcs as usize]
+            .iter()
+            .map(|t| {
+                matches!(&signatures[*t as usize], Some((params, results))
                         if results.is_empty() && params.last() == Some(&wasmparser::ValType::I32))
-                })
-                .collect(),
-        }),
-        _ => None,
-    };
+            })
+            .collect(),
+    });
     let plan = plan.as_ref();
 
     let mut out = wasm_encoder::Module::new();
@@ -1067,17 +1057,10 @@ mod tests {
 
     #[test]
     fn the_reset_puts_back_what_instantiation_made() {
-        let mut config = wasmtime::Config::new();
-        config.wasm_component_model(true);
-        let engine = Engine::new(&config).unwrap();
         let bytes = instrument(&wat::parse_str(STATEFUL).unwrap(), &[])
             .unwrap()
             .bytes;
-        let component = Component::new(&engine, &bytes).unwrap();
-        let mut store = Store::new(&engine, ());
-        let instance = Linker::new(&engine)
-            .instantiate(&mut store, &component)
-            .unwrap();
+        let (mut store, instance) = instance_of(&bytes);
         let bump = instance
             .get_typed_func::<(), (u32,)>(&mut store, "bump")
             .unwrap();
@@ -1384,12 +1367,12 @@ mod tests {
     #[test]
     fn first_party_header_filters_get_a_reset() {
         for (name, bytes) in super::super::embedded::EMBEDDED {
-            match instrument(bytes, super::super::FOLDED_PHASES) {
+            match instrument(bytes, &super::super::CALL_EXPORTS) {
                 Ok(out) => {
                     assert!(out.bytes.len() > bytes.len(), "{name}");
                     assert_eq!(out.untracked, None, "{name}");
                     // wit-bindgen gives each phase export a post-return.
-                    assert_eq!(out.folded, super::super::FOLDED_PHASES, "{name}");
+                    assert_eq!(out.folded, super::super::CALL_EXPORTS, "{name}");
                 }
                 // It starts with 1.7 MiB of memory: fresh instances.
                 Err(why) if *name == "image-transform" => {
