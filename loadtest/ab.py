@@ -11,7 +11,8 @@ box two identical processes differ by up to ~2 µs/request run to run: trust
 differences that hold across rounds and repeated runs.
 
 Usage: python3 loadtest/ab.py OLD_BINARY NEW_BINARY [--rounds 5] [--duration 4]
-                              [--cache-plain] [--server-old TOML] [--server-new TOML]
+                              [--cache-plain] [--browser-headers]
+                              [--server-old TOML] [--server-new TOML]
   e.g. build the old commit in a git worktree with the same CARGO_TARGET_DIR,
   copy its release/edgegate aside, then build the new one.
   --cache-plain turns caching on for /plain (the origin's answers are not
@@ -20,6 +21,8 @@ Usage: python3 loadtest/ab.py OLD_BINARY NEW_BINARY [--rounds 5] [--duration 4]
   [server] table, so one binary can run against itself with a setting
   changed (e.g. --server-old "hit_lane = false", or --server-old
   "filter_recycling = false" for fresh filter instances against recycled).
+  --browser-headers sends every request with the twelve headers a browser
+  adds to a page request (filters.BROWSER_HEADERS), on every route.
 """
 import argparse, json, os, statistics, subprocess, sys, tempfile
 
@@ -37,6 +40,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--duration", type=int, default=4)
     ap.add_argument("--cache-plain", action="store_true")
+    ap.add_argument("--browser-headers", action="store_true")
     ap.add_argument("--server-old", default="")
     ap.add_argument("--server-new", default="")
     args = ap.parse_args()
@@ -70,7 +74,8 @@ def main():
             R.wait_http(f"http://127.0.0.1:{admin}/readyz")
             gws[name] = (port, p.pid)
         auth = ["-H", f"Authorization: Bearer {token}"]
-        extra = lambda r: auth if r == "jwt-rl" else []
+        browser = [a for h in F.BROWSER_HEADERS for a in ("-H", h)] if args.browser_headers else []
+        extra = lambda r: browser + (auth if r == "jwt-rl" else [])
         for port, _ in gws.values():  # warm-up
             for r in ROUTES:
                 subprocess.run(["wrk", "-t1", "-c8", "-d1s", *extra(r), f"http://127.0.0.1:{port}/{r}/x"],

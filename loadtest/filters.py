@@ -30,6 +30,25 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 SECRET = b"edgegate-bench-secret-0123456789"
 
 
+
+# What Chrome sends with a page request besides host, cookie and user-agent
+# (gateway/examples/filter_bench.rs has the same list): `ab.py
+# --browser-headers` sends them, since every filter is handed the whole head.
+BROWSER_HEADERS = [
+    'sec-ch-ua: "Chromium";v="130", "Google Chrome";v="130", "Not?A_Brand";v="99"',
+    "sec-ch-ua-mobile: ?0",
+    'sec-ch-ua-platform: "Linux"',
+    "upgrade-insecure-requests: 1",
+    "accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8",
+    "sec-fetch-site: same-origin",
+    "sec-fetch-mode: navigate",
+    "sec-fetch-user: ?1",
+    "sec-fetch-dest: document",
+    "referer: https://bench.test/",
+    "accept-encoding: gzip, deflate, br, zstd",
+    "accept-language: en-GB,en;q=0.9",
+]
+
 def b64(b):
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 

@@ -3,7 +3,11 @@
 //! prints µs per request. Complements `loadtest/filters.py`, which measures
 //! the same routes through the whole proxy.
 //!
-//!   cargo run --release -p edgegate --example filter_bench -- [N] [ROUTE|all] [COOKIE_BYTES]
+//!   cargo run --release -p edgegate --example filter_bench -- [N] [ROUTE|all] [COOKIE_BYTES] [HEADERS]
+//!
+//! `HEADERS` adds that many of the headers a browser sends with a page
+//! request (up to 12); every filter is handed the whole head, so its cost
+//! grows with them.
 //!
 //! With `EDGEGATE_WASM_PERFMAP=1`, `perf record` names guest functions;
 //! `FILTER_BENCH_MODE=recycled` (or `fresh`) profiles one mode alone.
@@ -18,6 +22,28 @@ use std::time::Instant;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SECRET: &str = "edgegate-bench-secret-0123456789";
+
+/// What Chrome sends with a page request, besides `host` and `cookie`.
+const BROWSER_HEADERS: [(&str, &str); 12] = [
+    (
+        "sec-ch-ua",
+        "\"Chromium\";v=\"130\", \"Google Chrome\";v=\"130\", \"Not?A_Brand\";v=\"99\"",
+    ),
+    ("sec-ch-ua-mobile", "?0"),
+    ("sec-ch-ua-platform", "\"Linux\""),
+    ("upgrade-insecure-requests", "1"),
+    (
+        "accept",
+        "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8",
+    ),
+    ("sec-fetch-site", "same-origin"),
+    ("sec-fetch-mode", "navigate"),
+    ("sec-fetch-user", "?1"),
+    ("sec-fetch-dest", "document"),
+    ("referer", "https://bench.test/"),
+    ("accept-encoding", "gzip, deflate, br, zstd"),
+    ("accept-language", "en-GB,en;q=0.9"),
+];
 
 fn b64(b: &[u8]) -> String {
     use base64::Engine as _;
@@ -148,6 +174,10 @@ config = { bucket = "huge", key = "principal" }
         .nth(3)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
+    let browser_headers: usize = std::env::args()
+        .nth(4)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     for (name, _) in &routes {
         if only.as_ref().is_some_and(|o| o != name) {
             continue;
@@ -161,6 +191,9 @@ config = { bucket = "huge", key = "principal" }
         };
         req.insert_header("authorization", format!("Bearer {bearer}"))?;
         req.insert_header("user-agent", "bench")?;
+        for (name, value) in BROWSER_HEADERS.iter().take(browser_headers) {
+            req.append_header(*name, *value)?;
+        }
         if cookie > 0 {
             req.insert_header("cookie", format!("s={}", "x".repeat(cookie)))?;
         }

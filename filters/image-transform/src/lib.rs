@@ -107,7 +107,7 @@ impl Filter for ImageTransform {
     fn on_request(request: Request) -> RequestDecision {
         let c = config();
         let query = request
-            .path_and_query
+            .path_and_query()
             .split_once('?')
             .map_or("", |(_, q)| q);
         let o = match Options::parse(query, c.max_dimension) {
@@ -159,17 +159,16 @@ impl Filter for ImageTransform {
         let Some(canonical) = context::label(LABEL_OPTIONS) else {
             return BodyDecision::Continue;
         };
-        if response.status != 200 {
+        if response.status() != 200 {
             return BodyDecision::Continue;
         }
         let c = config();
         let Ok(Some(o)) = Options::parse(&canonical, c.max_dimension) else {
             return BodyDecision::Continue;
         };
-        let is_image = response.headers.iter().any(|h| {
-            h.name == "content-type"
-                && (h.value.starts_with(b"image/")
-                    || h.value.starts_with(b"application/octet-stream"))
+        let is_image = response.headers().any(|(name, value)| {
+            name == "content-type"
+                && (value.starts_with(b"image/") || value.starts_with(b"application/octet-stream"))
         });
         if !is_image {
             return BodyDecision::Continue;

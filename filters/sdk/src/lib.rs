@@ -4,7 +4,7 @@
 //! order with the route's other filters, in an instance no earlier request
 //! left anything in (fresh, or reset to its instantiated state) and under
 //! the route's CPU deadline and memory cap. This crate
-//! wraps the WIT contract `edgegate:filter@0.1.0` (`filters/wit/filter.wit`)
+//! wraps the WIT contract `edgegate:filter@0.2.0` (`filters/wit/filter.wit`)
 //! in one trait and one macro.
 //!
 //! # Quick start
@@ -28,7 +28,7 @@
 //!     }
 //!
 //!     fn on_request(req: Request) -> RequestDecision {
-//!         if req.path_and_query.starts_with("/admin") {
+//!         if req.path().starts_with("/admin") {
 //!             return RequestDecision::Respond(Response::text(403, "forbidden\n"));
 //!         }
 //!         RequestDecision::Continue
@@ -68,6 +68,14 @@
 //!
 //! Test it locally under production limits with
 //! `edgegate filter test --component deny_admin.wasm --request req.http`.
+//! Logic that makes no host call can also be unit-tested natively
+//! (`cargo test --target x86_64-unknown-linux-gnu`), on heads built with
+//! [`Request::new`] and [`ResponseHead::new`]:
+//!
+//! ```ignore
+//! let req = Request::new("GET", "/admin/users", "example.com", &[("accept", b"*/*")]);
+//! assert!(matches!(DenyAdmin::on_request(req), RequestDecision::Respond(_)));
+//! ```
 //!
 //! # What a filter can reach
 //!
@@ -79,10 +87,12 @@
 
 #![deny(missing_docs)]
 
-/// The generated bindings of `edgegate:filter@0.1.0` (for the export macro).
 mod arena;
+mod fields;
 pub use arena::RequestArena;
+pub use fields::{Fields, Request, ResponseHead};
 
+/// The generated bindings of `edgegate:filter@0.2.0` (for the export macro).
 #[doc(hidden)]
 pub mod bindings {
     #![allow(missing_docs, clippy::too_many_arguments)]
@@ -99,7 +109,7 @@ use bindings::edgegate::filter::types;
 
 pub use types::{
     BodyDecision, BodyReplacement, Header, HeaderEdits, LogLevel, Phases, RequestDecision,
-    RequestEdits, RequestHead as Request, Response, ResponseDecision, ResponseEdits, ResponseHead,
+    RequestEdits, Response, ResponseDecision, ResponseEdits,
 };
 
 /// Logging into the gateway's log (tagged with route and filter).
@@ -185,54 +195,28 @@ macro_rules! export_filter {
             fn phases() -> $crate::Phases {
                 <$t as $crate::Filter>::phases()
             }
-            fn on_request(request: $crate::Request) -> $crate::RequestDecision {
-                <$t as $crate::Filter>::on_request(request)
+            fn on_request(
+                request: $crate::bindings::edgegate::filter::types::RequestHead,
+            ) -> $crate::RequestDecision {
+                <$t as $crate::Filter>::on_request(request.into())
             }
-            fn on_response(request: $crate::Request, response: $crate::ResponseHead) -> $crate::ResponseDecision {
-                <$t as $crate::Filter>::on_response(request, response)
+            fn on_response(
+                request: $crate::bindings::edgegate::filter::types::RequestHead,
+                response: $crate::bindings::edgegate::filter::types::ResponseHead,
+            ) -> $crate::ResponseDecision {
+                <$t as $crate::Filter>::on_response(request.into(), response.into())
             }
             fn on_response_body(
-                request: $crate::Request,
-                response: $crate::ResponseHead,
+                request: $crate::bindings::edgegate::filter::types::RequestHead,
+                response: $crate::bindings::edgegate::filter::types::ResponseHead,
                 body: ::std::vec::Vec<u8>,
             ) -> $crate::BodyDecision {
-                <$t as $crate::Filter>::on_response_body(request, response, body)
+                <$t as $crate::Filter>::on_response_body(request.into(), response.into(), body)
             }
         }
 
         $crate::bindings::__export_filter_world!(__EdgegateFilterExport with_types_in $crate::bindings);
     };
-}
-
-impl Request {
-    /// The first value of header `name` (lower case), if present.
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|h| h.name == name)
-            .map(|h| h.value.as_slice())
-    }
-
-    /// The first value of header `name` as UTF-8 text.
-    pub fn header_str(&self, name: &str) -> Option<&str> {
-        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
-    }
-
-    /// The path without the query.
-    pub fn path(&self) -> &str {
-        self.path_and_query
-            .split_once('?')
-            .map_or(self.path_and_query.as_str(), |(p, _)| p)
-    }
-
-    /// The value of query parameter `name` (not percent-decoded).
-    pub fn query_param(&self, name: &str) -> Option<&str> {
-        let (_, query) = self.path_and_query.split_once('?')?;
-        query.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == name).then_some(v)
-        })
-    }
 }
 
 impl Header {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 const SDK_LIB: &str = include_str!("../../../filters/sdk/src/lib.rs");
 const SDK_ARENA: &str = include_str!("../../../filters/sdk/src/arena.rs");
+const SDK_FIELDS: &str = include_str!("../../../filters/sdk/src/fields.rs");
 const WIT: &str = include_str!("../../../filters/wit/filter.wit");
 
 fn files(name: &str) -> Vec<(String, String)> {
@@ -117,7 +118,7 @@ Attach it to a route:
 path = "/etc/edgegate/filters/{lib}.wasm"
 ```
 
-The SDK and the WIT contract (`edgegate:filter@0.1.0`) are vendored in
+The SDK and the WIT contract (`edgegate:filter@0.2.0`) are vendored in
 `vendor/`.
 "#
             ),
@@ -139,6 +140,10 @@ wit-bindgen = { version = "0.57", default-features = false, features = ["macros"
         (
             "vendor/edgegate-filter-sdk/src/arena.rs".into(),
             SDK_ARENA.into(),
+        ),
+        (
+            "vendor/edgegate-filter-sdk/src/fields.rs".into(),
+            SDK_FIELDS.into(),
         ),
         ("vendor/wit/filter.wit".into(), WIT.into()),
     ]

@@ -451,6 +451,16 @@ fn bad_components_fail_the_config_load_with_a_clear_error() {
     );
     assert!(err.contains("no_export.wasm"), "{err}");
 
+    // Built against a contract version this gateway does not run: said so,
+    // with both versions, rather than as a missing import.
+    let err = load_error(&bad_filter_config(origin, "old_contract", "fail-closed"));
+    assert!(
+        err.contains("built against `edgegate:filter@0.1.0`")
+            && err.contains("`edgegate:filter@0.2.0`")
+            && err.contains("old_contract.wasm"),
+        "{err}"
+    );
+
     let missing = filter_config(
         origin,
         "[[routes]]\nname = \"r\"\nupstream = \"app\"\n[[routes.filters]]\npath = \"/nonexistent/x.wasm\"\n",
