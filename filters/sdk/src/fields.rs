@@ -88,14 +88,18 @@ impl Request {
     pub fn headers(&self) -> Fields<'_> {
         let mut all = Fields::new(&self.fields);
         for _ in 0..PSEUDO {
-            all.next();
+            all.next_raw();
         }
         all
     }
 
     fn pseudo(&self, i: usize) -> &str {
-        Fields::new(&self.fields)
-            .nth(i)
+        let mut fields = Fields::new(&self.fields);
+        for _ in 0..i {
+            fields.next_raw();
+        }
+        fields
+            .next_raw()
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
             .unwrap_or("")
     }
@@ -149,8 +153,14 @@ impl From<types::ResponseHead> for ResponseHead {
     }
 }
 
+/// The first value of `name`, comparing bytes (no UTF-8 check per name).
 fn find<'a>(mut fields: Fields<'a>, name: &str) -> Option<&'a [u8]> {
-    fields.find(|(n, _)| *n == name).map(|(_, v)| v)
+    while let Some((n, v)) = fields.next_raw() {
+        if n == name.as_bytes() {
+            return Some(v);
+        }
+    }
+    None
 }
 
 /// Encodes fields as a `field-map`, lower-casing names.
@@ -205,16 +215,23 @@ fn le(b: &[u8]) -> u32 {
     u32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 
-impl<'a> Iterator for Fields<'a> {
-    type Item = (&'a str, &'a [u8]);
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl<'a> Fields<'a> {
+    fn next_raw(&mut self) -> Option<(&'a [u8], &'a [u8])> {
         let (entry, index) = self.index.split_at_checked(8)?;
         let (name_len, value_len) = (le(&entry[..4]) as usize, le(&entry[4..]) as usize);
         let (name, rest) = self.data.split_at_checked(name_len)?;
         let (value, rest) = rest.split_at_checked(value_len)?;
         self.index = index;
         self.data = rest;
+        Some((name, value))
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = (&'a str, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (name, value) = self.next_raw()?;
         Some((std::str::from_utf8(name).unwrap_or(""), value))
     }
 }

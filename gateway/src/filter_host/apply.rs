@@ -262,13 +262,17 @@ pub async fn run_request_phase(
             wit::RequestDecision::Edit(edits) => {
                 m.decisions[1].inc();
                 let changes_facts = edits.principal.is_some() || !edits.labels.is_empty();
+                let h = &edits.headers;
+                let changes_head =
+                    !(h.remove.is_empty() && h.set.is_empty() && h.append.is_empty())
+                        || edits.rewrite_path.is_some();
                 let applied = apply_request_edits(req, &edits, facts)
                     .map(|_| None)
                     .map_err(|detail| bad_answer(&filter.spec.name, detail));
                 if changes_facts {
                     shared_facts = Arc::new(facts.clone());
                 }
-                edited = true;
+                edited |= changes_head;
                 applied
             }
             wit::RequestDecision::Respond(r) => {
