@@ -241,6 +241,28 @@ impl std::fmt::Display for DeadlineExceeded {
 }
 impl std::error::Error for DeadlineExceeded {}
 
+/// A linear memory refused growth: past the filter's `memory` cap, or
+/// past what the pool's slot holds. The call traps with this error (the
+/// limits trap on a failed grow), so failures are classified by type.
+#[derive(Debug)]
+struct MemoryCapExceeded {
+    /// The size asked for, when the limiter refused it.
+    desired: Option<usize>,
+}
+
+impl std::fmt::Display for MemoryCapExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.desired {
+            Some(bytes) => write!(
+                f,
+                "filter memory refused growth to {bytes} bytes (its limit)"
+            ),
+            None => f.write_str("filter memory refused growth (its pool slot is full)"),
+        }
+    }
+}
+impl std::error::Error for MemoryCapExceeded {}
+
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
     let mut hash = [0u8; 32];
@@ -496,7 +518,14 @@ impl wasmtime::ResourceLimiter for PeakLimits {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        let allowed = self
+            .inner
+            .memory_growing(current, desired, maximum)
+            .map_err(|e| {
+                e.context(MemoryCapExceeded {
+                    desired: Some(desired),
+                })
+            })?;
         if allowed {
             self.peak = self.peak.max(desired);
         }
@@ -506,7 +535,9 @@ impl wasmtime::ResourceLimiter for PeakLimits {
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.inner.memory_grow_failed(error)
+        self.inner
+            .memory_grow_failed(error)
+            .map_err(|e| e.context(MemoryCapExceeded { desired: None }))
     }
 
     fn table_growing(
@@ -1251,23 +1282,25 @@ impl LoadedFilter {
     }
 
     fn classify(&self, e: &wasmtime::Error) -> FilterFailure {
-        let text = format!("{e:#}");
-        let kind =
-            if e.downcast_ref::<DeadlineExceeded>().is_some() || text.contains("CPU deadline") {
-                FailureKind::Timeout
-            } else if text.contains("growing memory")
-                || text.contains("memory") && text.contains("limit")
-            {
-                FailureKind::OutOfMemory
-            } else if text.contains("maximum concurrent") || text.contains("pooling allocator") {
-                FailureKind::Overloaded
-            } else {
-                FailureKind::Trap
-            };
+        // By type, not by wasmtime's wording: the deadline callback and the
+        // memory limiter raise our own errors, and the pooling allocator its
+        // concurrency error; anything else that stopped a call is a trap.
+        let kind = if e.downcast_ref::<DeadlineExceeded>().is_some() {
+            FailureKind::Timeout
+        } else if e.downcast_ref::<MemoryCapExceeded>().is_some() {
+            FailureKind::OutOfMemory
+        } else if e
+            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some()
+        {
+            FailureKind::Overloaded
+        } else {
+            FailureKind::Trap
+        };
         FilterFailure {
             filter: self.spec.name.clone(),
             kind,
-            detail: text,
+            detail: format!("{e:#}"),
         }
     }
 
