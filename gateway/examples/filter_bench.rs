@@ -219,7 +219,7 @@ config = { bucket = "huge", key = "principal" }
             let run = |count: usize| {
                 rt.block_on(async {
                     for _ in 0..count {
-                        let mut f = facts.clone();
+                        let mut f = std::sync::Arc::new(facts.clone());
                         let mut r = req.clone();
                         match apply::run_request_phase(
                             &chain,

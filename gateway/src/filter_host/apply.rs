@@ -228,17 +228,19 @@ fn filter_route(filter: &LoadedFilter) -> &str {
 
 /// Runs the chain's request phase, editing `req` and `facts` as filters ask.
 /// `Err` when a fail-closed filter failed.
+///
+/// The facts are shared with each call, not copied: a call's store lets go
+/// of them before the call returns (an instance is recycled with idle
+/// facts, or dropped), so an edit after it changes them in place.
 pub async fn run_request_phase(
     chain: &FilterChain,
-    facts: &mut RequestFacts,
+    facts: &mut Arc<RequestFacts>,
     req: &mut RequestHeader,
     authority: &str,
     metrics: &Metrics,
 ) -> Result<RequestPhase, FilterFailure> {
-    // Shared with each call; rebuilt only when a filter changes it.
-    let mut shared_facts = Arc::new(facts.clone());
-    // Likewise the request as guests see it: rebuilt only when an edit
-    // changed it and another filter is about to look.
+    // The request as guests see it: rebuilt only when an edit changed it
+    // and another filter is about to look.
     let mut head = request_head(req, authority);
     let mut edited = false;
     for filter in chain
@@ -250,9 +252,7 @@ pub async fn run_request_phase(
             head = request_head(req, authority);
             edited = false;
         }
-        let result = filter
-            .on_request(Arc::clone(&shared_facts), &head, metrics)
-            .await;
+        let result = filter.on_request(Arc::clone(facts), &head, metrics).await;
         let m = filter.metrics(metrics);
         let outcome = result.and_then(|decision| match decision {
             wit::RequestDecision::Continue => {
@@ -261,17 +261,13 @@ pub async fn run_request_phase(
             }
             wit::RequestDecision::Edit(edits) => {
                 m.decisions[1].inc();
-                let changes_facts = edits.principal.is_some() || !edits.labels.is_empty();
                 let h = &edits.headers;
                 let changes_head =
                     !(h.remove.is_empty() && h.set.is_empty() && h.append.is_empty())
                         || edits.rewrite_path.is_some();
-                let applied = apply_request_edits(req, &edits, facts)
+                let applied = apply_request_edits(req, &edits, Arc::make_mut(facts))
                     .map(|_| None)
                     .map_err(|detail| bad_answer(&filter.spec.name, detail));
-                if changes_facts {
-                    shared_facts = Arc::new(facts.clone());
-                }
                 edited |= changes_head;
                 applied
             }
@@ -307,13 +303,12 @@ fn bad_answer(filter: &str, detail: String) -> FilterFailure {
 /// Runs the chain's response phase (reverse order) on `resp`.
 pub async fn run_response_phase(
     chain: &FilterChain,
-    facts: &RequestFacts,
+    facts: &Arc<RequestFacts>,
     req: &RequestHeader,
     authority: &str,
     resp: &mut ResponseHeader,
     metrics: &Metrics,
 ) -> Result<(), FilterFailure> {
-    let facts = Arc::new(facts.clone());
     let request = &request_head(req, authority);
     for filter in chain
         .filters
@@ -323,7 +318,7 @@ pub async fn run_response_phase(
     {
         let head = response_head(resp);
         let result = filter
-            .on_response(Arc::clone(&facts), request, &head, metrics)
+            .on_response(Arc::clone(facts), request, &head, metrics)
             .await;
         let m = filter.metrics(metrics);
         let outcome = result.and_then(|decision| match decision {
@@ -369,14 +364,13 @@ fn settle(
 /// final body's length. A fail-open filter that fails is skipped.
 pub async fn run_body_phase(
     chain: &FilterChain,
-    facts: &RequestFacts,
+    facts: &Arc<RequestFacts>,
     req: &RequestHeader,
     authority: &str,
     resp: &mut ResponseHeader,
     body: &mut bytes::Bytes,
     metrics: &Metrics,
 ) -> Result<(), FilterFailure> {
-    let facts = Arc::new(facts.clone());
     let request = &request_head(req, authority);
     for filter in chain
         .filters
@@ -386,7 +380,7 @@ pub async fn run_body_phase(
     {
         let head = response_head(resp);
         let result = filter
-            .on_response_body(Arc::clone(&facts), request, &head, body, metrics)
+            .on_response_body(Arc::clone(facts), request, &head, body, metrics)
             .await;
         let m = filter.metrics(metrics);
         let outcome = result.and_then(|decision| match decision {

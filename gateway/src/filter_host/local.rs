@@ -82,7 +82,7 @@ pub async fn run(
         .unwrap_or("localhost")
         .to_string();
     let authority = policies::route::normalize_host(&host).into_owned();
-    let mut facts = RequestFacts {
+    let mut facts = std::sync::Arc::new(RequestFacts {
         client_ip: "127.0.0.1".into(),
         tls_sni: None,
         route: route.name.clone(),
@@ -91,7 +91,7 @@ pub async fn run(
         principal: None,
         labels: Vec::new(),
         cache_key: Vec::new(),
-    };
+    });
     let mut text = String::new();
     let _ = writeln!(
         text,

@@ -56,7 +56,7 @@ pub struct RequestCtx {
     body_bytes: u64,
     refusal: Option<Refusal>,
     /// Set when the route has filters: what they may read and what they set.
-    facts: Option<RequestFacts>,
+    facts: Option<Arc<RequestFacts>>,
     /// Normalised host the request was routed by.
     authority: String,
     /// Set on routes with caching on.
@@ -161,7 +161,7 @@ impl EdgeProxy {
     ) -> Result<bool> {
         ctx.authority =
             policies::route::normalize_host(request_host(session.req_header())).into_owned();
-        let mut facts = RequestFacts {
+        let mut facts = Arc::new(RequestFacts {
             client_ip: client_ip(session)
                 .map(|ip| ip.to_string())
                 .unwrap_or_default(),
@@ -176,7 +176,7 @@ impl EdgeProxy {
             principal: None,
             labels: Vec::new(),
             cache_key: Vec::new(),
-        };
+        });
         let outcome = if chain.has_request_phase() {
             apply::run_request_phase(
                 chain,
