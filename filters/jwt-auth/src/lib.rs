@@ -204,16 +204,36 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 /// A token's claims, each kept as its raw JSON text and read only if a
 /// check or a forwarded header needs it: parsing every claim into a
 /// `serde_json::Value` cost more than all the checks (filter_bench).
-/// A repeated claim keeps its last value (RFC 7519 §4).
-struct Claims<'a>(BTreeMap<Name<'a>, &'a RawValue>);
+/// A repeated claim keeps its last value (RFC 7519 §4). A list searched
+/// from the end, not a map: a token has a handful of claims, and a map's
+/// nodes cost more to build and drop than the scans.
+struct Claims<'a>(Vec<(Name<'a>, &'a RawValue)>);
 
 /// A claim name, borrowed from the token unless it has escapes.
-#[derive(Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Deserialize)]
 struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
 
-impl std::borrow::Borrow<str> for Name<'_> {
-    fn borrow(&self) -> &str {
-        &self.0
+/// Only a JSON object (a derived sequence would take an array too).
+impl<'de> Deserialize<'de> for Claims<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Claims<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Claims<'de>, A::Error> {
+                let mut claims = Vec::with_capacity(8);
+                while let Some(entry) = map.next_entry::<Name<'de>, &'de RawValue>()? {
+                    claims.push(entry);
+                }
+                Ok(Claims(claims))
+            }
+        }
+        d.deserialize_map(Visit)
     }
 }
 
@@ -221,38 +241,50 @@ impl std::borrow::Borrow<str> for Name<'_> {
 /// JSON value.
 fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
     let text = raw.get();
-    if !text.starts_with('"') {
-        return None;
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    // `RawValue` holds valid JSON: a string without a backslash is its
+    // own text (control characters were refused by the parse).
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
     }
-    match serde_json::from_str::<&str>(text) {
-        Ok(s) => Some(Cow::Borrowed(s)),
-        Err(_) => serde_json::from_str::<String>(text).ok().map(Cow::Owned),
-    }
+    serde_json::from_str::<String>(text).ok().map(Cow::Owned)
 }
 
 impl<'a> Claims<'a> {
     fn parse(json: &'a [u8]) -> Option<Claims<'a>> {
-        serde_json::from_slice(json).ok().map(Claims)
+        serde_json::from_slice(json).ok()
+    }
+
+    fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(n, _)| n.0 == name)
+            .map(|(_, v)| *v)
     }
 
     fn has(&self, name: &str) -> bool {
-        self.0.contains_key(name)
+        self.get(name).is_some()
     }
 
     /// A string claim; `None` when absent or not a string.
     fn str(&self, name: &str) -> Option<Cow<'a, str>> {
-        json_str(self.0.get(name)?)
+        json_str(self.get(name)?)
     }
 
     /// A NumericDate claim (whole seconds); `Err` when present but not one.
     fn time(&self, name: &str) -> Option<Result<u64, &'static str>> {
-        let raw = self.0.get(name)?;
-        Some(serde_json::from_str(raw.get()).map_err(|_| "malformed time claim"))
+        let text = self.get(name)?.get();
+        // Valid JSON, so all digits is a plain integer (no leading zeros).
+        if (1..=19).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit()) {
+            return Some(text.parse().map_err(|_| "malformed time claim"));
+        }
+        Some(serde_json::from_str(text).map_err(|_| "malformed time claim"))
     }
 
     /// `aud` names `want` (one of them), as a string or within a list.
     fn audience_in(&self, want: &OneOrMany) -> bool {
-        let Some(raw) = self.0.get("aud") else {
+        let Some(raw) = self.get("aud") else {
             return false;
         };
         if let Some(one) = json_str(raw) {
@@ -267,8 +299,11 @@ impl<'a> Claims<'a> {
 
     /// A claim as a forwarded header value ([`claim_value`]).
     fn header_value(&self, name: &str) -> Option<String> {
-        let raw = self.0.get(name)?;
-        claim_value(&serde_json::from_str(raw.get()).ok()?)
+        let raw = self.get(name)?;
+        match json_str(raw) {
+            Some(s) => header_text(s.into_owned()),
+            None => claim_value(&serde_json::from_str(raw.get()).ok()?),
+        }
     }
 }
 
@@ -355,6 +390,11 @@ fn claim_value(v: &Value) -> Option<String> {
         Value::Bool(b) => b.to_string(),
         _ => return None,
     };
+    header_text(s)
+}
+
+/// `s` if it can be a header value: 1 to 1024 bytes of printable ASCII or tab.
+fn header_text(s: String) -> Option<String> {
     (!s.is_empty() && s.len() <= 1024 && s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)))
         .then_some(s)
 }
@@ -514,6 +554,19 @@ mod tests {
             Err("token expired"),
             "a repeated claim keeps its last value"
         );
+        assert_eq!(
+            checked(r#"{ "exp" : 1000 , "nbf" :1 }"#, &c, 1010),
+            Ok(()),
+            "whitespace around values"
+        );
+        assert_eq!(
+            checked(r#"{"exp":9999999999999999999}"#, &c, 0),
+            Ok(()),
+            "19 digits"
+        );
+        for bad in [r#"{"exp":99999999999999999999}"#, r#"{"exp":1000.0}"#] {
+            assert_eq!(checked(bad, &c, 0), Err("malformed time claim"), "{bad}");
+        }
     }
 
     #[test]
@@ -565,5 +618,14 @@ mod tests {
         }
         assert_eq!(claims.str("s").as_deref(), Some("alice"));
         assert_eq!(claims.str("n"), None);
+        let claims =
+            Claims::parse(br#"{ "q" : "say \"hi\"" , "p":"plain" , "u":"caf\u00e9", "z":"" }"#)
+                .unwrap();
+        assert_eq!(claims.str("q").as_deref(), Some(r#"say "hi""#));
+        assert!(matches!(claims.str("p"), Some(Cow::Borrowed("plain"))));
+        assert_eq!(claims.str("u").as_deref(), Some("café"));
+        assert_eq!(claims.str("z").as_deref(), Some(""));
+        assert_eq!(claims.header_value("q").as_deref(), Some(r#"say "hi""#));
+        assert_eq!(claims.header_value("u"), None, "not ASCII");
     }
 }
