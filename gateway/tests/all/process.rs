@@ -590,8 +590,11 @@ upstream = "app"
             tasks.push(tokio::spawn(async move {
                 // One client per task: its own keep-alive connection.
                 let http = client();
-                for _ in 0..10 {
-                    let r = http.get(&url).send().await.unwrap();
+                for i in 0..10 {
+                    // Says what failed: this once failed here, unexplained.
+                    let r = http.get(&url).send().await.unwrap_or_else(|e| {
+                        panic!("work_stealing = {stealing}: {url} request {i}: {e:?}")
+                    });
                     assert_eq!(r.status(), 200);
                 }
             }));
