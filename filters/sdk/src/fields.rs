@@ -86,19 +86,12 @@ impl Request {
 
     /// The headers, in order: `(name, value)`, names lower case.
     pub fn headers(&self) -> Fields<'_> {
-        let mut all = Fields::new(&self.fields);
-        for _ in 0..PSEUDO {
-            all.next_raw();
-        }
-        all
+        Fields::new(&self.fields).skip_raw(PSEUDO)
     }
 
     fn pseudo(&self, i: usize) -> &str {
-        let mut fields = Fields::new(&self.fields);
-        for _ in 0..i {
-            fields.next_raw();
-        }
-        fields
+        Fields::new(&self.fields)
+            .skip_raw(i)
             .next_raw()
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
             .unwrap_or("")
@@ -209,13 +202,15 @@ impl<'a> Fields<'a> {
             _ => empty,
         }
     }
-}
 
-fn le(b: &[u8]) -> u32 {
-    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
-}
+    /// Past the next `n` fields, without decoding their names.
+    fn skip_raw(mut self, n: usize) -> Self {
+        for _ in 0..n {
+            self.next_raw();
+        }
+        self
+    }
 
-impl<'a> Fields<'a> {
     fn next_raw(&mut self) -> Option<(&'a [u8], &'a [u8])> {
         let (entry, index) = self.index.split_at_checked(8)?;
         let (name_len, value_len) = (le(&entry[..4]) as usize, le(&entry[4..]) as usize);
@@ -225,6 +220,10 @@ impl<'a> Fields<'a> {
         self.data = rest;
         Some((name, value))
     }
+}
+
+fn le(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 
 impl<'a> Iterator for Fields<'a> {

@@ -37,8 +37,9 @@ fn parse_value(v: &[u8]) -> Result<HeaderValue, String> {
     HeaderValue::from_bytes(v).map_err(|_| "invalid header value".to_string())
 }
 
-/// Appends `fields` to `out` as a `field-map` (`filters/wit/filter.wit`):
-/// a count, a `(name-len, value-len)` index, then the bytes. One buffer per
+/// The pseudo-fields, then `headers`, as a `field-map`
+/// (`filters/wit/filter.wit`): a count, a `(name-len, value-len)` index,
+/// then the bytes. One buffer per
 /// head means one guest allocation and one copy per filter call, however
 /// many headers the request has; as a list of header records it was two
 /// allocations per header per filter, each a call into the guest (~80 ns).
